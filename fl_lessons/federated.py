@@ -1,0 +1,399 @@
+"""Federated learning: clients, server aggregation, client sampling, FedSGD and FedAvg.
+
+Taught in notebooks 02 (FedSGD), 03 (FedSGD equals one step of weight averaging) and 04
+(FedAvg). This is Algorithm 1 of McMahan et al. 2017, "Communication-Efficient Learning of
+Deep Networks from Decentralized Data" (AISTATS, arXiv 1602.05629), in the paper's symbols:
+
+- K clients, client k holding n_k examples; n = sum_k n_k.
+- Each round t the server picks m = max(ceil(C K), 1) clients, the set S_t.
+- FedSGD: each k in S_t returns its gradient g_k at w_t; w_{t+1} = w_t - eta sum_k (n_k / m_t) g_k.
+- FedAvg: each k in S_t runs L local epochs of SGD with batch size B from w_t and returns
+  w^k_{t+1}; w_{t+1} = sum_k (n_k / m_t) w^k_{t+1}.
+
+Here m_t = sum of n_k over the clients of S_t that reported, as in the paper's erratum.
+
+The server only ever sees what a client chooses to send: a flat vector (weights or a
+gradient), its example count n_k, and its training loss as a single number. Client data
+stays inside :class:`Client`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import HospitalData
+from .models import get_flat_weights, model_size_bytes, num_parameters, set_flat_weights
+from .training import DEFAULT_BATCH_SIZE, DEFAULT_LR, Metrics, evaluate, full_batch_gradient, sgd_epochs
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """Every setting of a federated run, validated in one place. The defaults live here.
+
+    Parameters
+    ----------
+    num_rounds : N, communication rounds.
+    local_epochs : L (the paper's E), passes over its own data a client makes per round.
+    batch_size : B, local minibatch size; ``math.inf`` means the full local dataset.
+    lr : eta, the learning rate.
+    client_fraction : C, the fraction of clients selected each round, in (0, 1].
+    num_clients : K; ``None`` uses every client given, a number uses the first K of them.
+    dropout_prob : chance that a selected client fails to report in a round.
+    seed : seeds client selection, dropout and every client's minibatch order.
+    eval_every : evaluate the global model every this many rounds (and after the last).
+    """
+
+    num_rounds: int = 20
+    local_epochs: int = 1
+    batch_size: float = DEFAULT_BATCH_SIZE
+    lr: float = DEFAULT_LR
+    client_fraction: float = 1.0
+    num_clients: int | None = None
+    dropout_prob: float = 0.0
+    seed: int = 0
+    eval_every: int = 1
+
+    def __post_init__(self):
+        if not (isinstance(self.num_rounds, int) and self.num_rounds >= 1):
+            raise ValueError(f"num_rounds (N) must be an integer >= 1, got {self.num_rounds!r}.")
+        if not (isinstance(self.local_epochs, int) and self.local_epochs >= 1):
+            raise ValueError(f"local_epochs (L) must be an integer >= 1, got {self.local_epochs!r}.")
+        if not self.batch_size >= 1:
+            raise ValueError(f"batch_size (B) must be >= 1, or math.inf for full batch; got {self.batch_size!r}.")
+        if not self.lr > 0:
+            raise ValueError(f"lr (eta) must be > 0, got {self.lr!r}.")
+        if not 0.0 < self.client_fraction <= 1.0:
+            raise ValueError(
+                f"client_fraction (C) must lie in (0, 1], got {self.client_fraction!r}; "
+                "C = 1 means every client takes part in every round."
+            )
+        if self.num_clients is not None and self.num_clients < 1:
+            raise ValueError(f"num_clients (K) must be >= 1, got {self.num_clients!r}.")
+        if not 0.0 <= self.dropout_prob < 1.0:
+            raise ValueError(f"dropout_prob must lie in [0, 1), got {self.dropout_prob!r}.")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every!r}.")
+
+
+@dataclass(frozen=True)
+class ClientUpdate:
+    """What one client sends to the server in one round, and nothing more.
+
+    ``values`` is a flat vector the size of the model: new weights (FedAvg) or a gradient
+    (FedSGD). ``num_examples`` is n_k. ``loss`` is the client's mean training loss, one number.
+    """
+
+    values: torch.Tensor
+    num_examples: int
+    loss: float
+
+
+class Client:
+    """A hospital as a federated client: it keeps its data and offers two services.
+
+    Parameters
+    ----------
+    features, labels : the client's own training data; never sent anywhere.
+    model : a workspace module shared by all clients in this process (weights are loaded
+        into it for each service call, so no client ever copies a whole module).
+    name : shown in tables and figures.
+    """
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor, model: nn.Module, name: str = ""):
+        if labels.shape[0] < 1:
+            raise ValueError(f"Client {name!r} has no examples; every client needs n_k >= 1.")
+        self._features = features
+        self._labels = labels
+        self._model = model
+        self.name = name
+
+    @property
+    def num_examples(self) -> int:
+        """n_k, the number of examples this client holds."""
+        return int(self._labels.shape[0])
+
+    def gradient(self, global_weights: torch.Tensor) -> ClientUpdate:
+        """FedSGD service: g_k, the gradient of the mean loss over all local data at w_t.
+
+        Parameters
+        ----------
+        global_weights : w_t, the flat global weight vector.
+        """
+        set_flat_weights(self._model, global_weights)
+        gradients, loss = full_batch_gradient(self._model, self._features, self._labels)
+        flat_gradient = torch.cat([gradient.reshape(-1) for gradient in gradients])
+        return ClientUpdate(flat_gradient, self.num_examples, loss)
+
+    def train(
+        self,
+        global_weights: torch.Tensor,
+        local_epochs: int,
+        batch_size: float,
+        lr: float,
+        generator: torch.Generator | None = None,
+    ) -> ClientUpdate:
+        """FedAvg service: start from w_t, run L epochs of SGD locally, return w^k_{t+1}.
+
+        Parameters
+        ----------
+        global_weights : w_t.
+        local_epochs : L.
+        batch_size : B (``math.inf`` for full batch).
+        lr : eta.
+        generator : seeds this client's minibatch order.
+        """
+        set_flat_weights(self._model, global_weights)
+        losses = sgd_epochs(self._model, self._features, self._labels, local_epochs,
+                            batch_size, lr, generator)
+        return ClientUpdate(get_flat_weights(self._model), self.num_examples, float(np.mean(losses)))
+
+    def evaluate(self, weights: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> Metrics:
+        """Evaluate given weights on a test set held at this client (e.g. its own test set)."""
+        set_flat_weights(self._model, weights)
+        return evaluate(self._model, features, labels)
+
+
+def make_clients(data: HospitalData, model: nn.Module) -> list[Client]:
+    """One :class:`Client` per hospital, all sharing the workspace ``model``.
+
+    Parameters
+    ----------
+    data : the hospitals.
+    model : the workspace module.
+    """
+    return [Client(hospital.train_x, hospital.train_y, model, hospital.name) for hospital in data.hospitals]
+
+
+def aggregate(updates: Sequence[ClientUpdate]) -> torch.Tensor:
+    """The server's weighted average: sum_k (n_k / sum_j n_j) v_k over the updates received.
+
+    Parameters
+    ----------
+    updates : what the reporting clients sent (weights or gradients, with n_k).
+
+    The sum in the denominator runs over these updates only, so clients that were not
+    selected or that dropped out carry no weight.
+    """
+    if len(updates) == 0:
+        raise ValueError("aggregate() needs at least one client update; no client reported.")
+    total_examples = sum(update.num_examples for update in updates)
+    average = torch.zeros_like(updates[0].values)
+    for update in updates:
+        average.add_(update.values, alpha=update.num_examples / total_examples)
+    return average
+
+
+def num_selected(num_clients: int, client_fraction: float) -> int:
+    """m = max(ceil(C K), 1): how many clients each round selects.
+
+    Parameters
+    ----------
+    num_clients : K.
+    client_fraction : C.
+    """
+    # The small tolerance stops float error (0.3 * 10 = 3.0000000000000004) adding a client.
+    return max(math.ceil(client_fraction * num_clients - 1e-9), 1)
+
+
+def sample_clients(num_clients: int, client_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Select S_t: m = max(ceil(C K), 1) distinct clients, uniformly at random, sorted.
+
+    Parameters
+    ----------
+    num_clients : K.
+    client_fraction : C in (0, 1].
+    rng : the server's random generator (seeded for reproducible runs).
+    """
+    if num_clients < 1:
+        raise ValueError(f"num_clients (K) must be >= 1, got {num_clients}.")
+    if not 0.0 < client_fraction <= 1.0:
+        raise ValueError(f"client_fraction (C) must lie in (0, 1], got {client_fraction}.")
+    chosen = rng.choice(num_clients, size=num_selected(num_clients, client_fraction), replace=False)
+    return np.sort(chosen)
+
+
+@dataclass
+class History:
+    """What happened in a federated run, round by round (index 0 is round 1).
+
+    Metrics are NaN in rounds that were not evaluated. ``initial`` holds the metrics of w_0.
+    """
+
+    algorithm: str
+    config: FedConfig
+    client_sizes: list[int]
+    model_bytes: int
+    initial: Metrics
+    test_accuracy: list[float] = field(default_factory=list)
+    test_auc: list[float] = field(default_factory=list)
+    test_loss: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    bytes_down: list[int] = field(default_factory=list)
+    bytes_up: list[int] = field(default_factory=list)
+    selected: list[list[int]] = field(default_factory=list)
+    reported: list[list[int]] = field(default_factory=list)
+    skipped: list[bool] = field(default_factory=list)
+    final_weights: torch.Tensor | None = None
+
+    @property
+    def rounds(self) -> list[int]:
+        return list(range(1, len(self.test_accuracy) + 1))
+
+    def accuracy_curve(self) -> tuple[list[int], list[float]]:
+        """Rounds 0..N and the test accuracy of w_0..w_N (evaluated rounds only)."""
+        points = [(0, self.initial.accuracy)] + [
+            (t, accuracy) for t, accuracy in zip(self.rounds, self.test_accuracy) if not math.isnan(accuracy)
+        ]
+        return [t for t, _ in points], [accuracy for _, accuracy in points]
+
+    def cumulative_megabytes(self) -> list[float]:
+        """Megabytes sent down and up together, after each round."""
+        return list(np.cumsum(np.add(self.bytes_down, self.bytes_up)) / 1e6)
+
+    @property
+    def total_bytes(self) -> int:
+        return int(sum(self.bytes_down) + sum(self.bytes_up))
+
+
+ClientStep = Callable[[Client, torch.Tensor, int, int], ClientUpdate]
+ServerStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _client_generator(seed: int, round_index: int, client_index: int) -> torch.Generator:
+    """An independent, reproducible minibatch stream for client k in round t."""
+    state = np.random.SeedSequence([seed, round_index, client_index]).generate_state(1)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def _run(
+    algorithm: str,
+    clients: Sequence[Client],
+    model: nn.Module,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    config: FedConfig,
+    client_step: ClientStep,
+    server_step: ServerStep,
+    initial_weights: torch.Tensor | None,
+    progress: bool,
+) -> History:
+    """The server loop both algorithms share: select, collect, aggregate, evaluate, record."""
+    if config.num_clients is not None and config.num_clients > len(clients):
+        raise ValueError(
+            f"num_clients (K) = {config.num_clients}, but only {len(clients)} clients are "
+            f"available. Use K <= {len(clients)} or partition the data into more clients."
+        )
+    clients = list(clients[: config.num_clients or len(clients)])
+    num_clients = len(clients)
+    rng = np.random.default_rng(config.seed)
+    weights = (get_flat_weights(model) if initial_weights is None else initial_weights).clone()
+    bytes_per_message = model_size_bytes(model)
+    set_flat_weights(model, weights)
+    history = History(algorithm, config, [client.num_examples for client in clients],
+                      bytes_per_message, evaluate(model, test_x, test_y))
+    for round_index in tqdm(range(1, config.num_rounds + 1), desc=algorithm, disable=not progress, leave=False):
+        selected = sample_clients(num_clients, config.client_fraction, rng)
+        # Every selected client draws whether it fails this round, so dropout never
+        # changes which clients the next round selects.
+        fails = rng.uniform(size=len(selected)) < config.dropout_prob
+        reported = [int(k) for k, failed in zip(selected, fails) if not failed]
+        updates = [client_step(clients[k], weights, round_index, k) for k in reported]
+        if updates:
+            weights = server_step(weights, aggregate(updates))
+            total = sum(update.num_examples for update in updates)
+            history.train_loss.append(sum(u.loss * u.num_examples for u in updates) / total)
+        else:
+            history.train_loss.append(math.nan)  # nobody reported: w_{t+1} = w_t
+        history.bytes_down.append(len(selected) * bytes_per_message)
+        history.bytes_up.append(len(updates) * bytes_per_message)
+        history.selected.append([int(k) for k in selected])
+        history.reported.append(reported)
+        history.skipped.append(not updates)
+        if round_index % config.eval_every == 0 or round_index == config.num_rounds:
+            set_flat_weights(model, weights)
+            metrics = evaluate(model, test_x, test_y)
+            history.test_accuracy.append(metrics.accuracy)
+            history.test_auc.append(metrics.auc)
+            history.test_loss.append(metrics.loss)
+        else:
+            history.test_accuracy.append(math.nan)
+            history.test_auc.append(math.nan)
+            history.test_loss.append(math.nan)
+    set_flat_weights(model, weights)
+    history.final_weights = weights
+    return history
+
+
+def run_fedsgd(
+    clients: Sequence[Client],
+    model: nn.Module,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    config: FedConfig = FedConfig(),
+    initial_weights: torch.Tensor | None = None,
+    progress: bool = True,
+) -> History:
+    """FedSGD: each round, selected clients send g_k at w_t; w_{t+1} = w_t - eta * average g_k.
+
+    Parameters
+    ----------
+    clients : the clients (their ``model`` must be ``model``).
+    model : the workspace module; it holds w_N when the run ends.
+    test_x, test_y : the common test set the server evaluates on.
+    config : N, C, eta, seed, ... (L and B are not used: FedSGD is one full-batch gradient).
+    initial_weights : w_0 (default: the model's current weights).
+    progress : show a progress bar over rounds.
+    """
+
+    def client_step(client: Client, weights: torch.Tensor, round_index: int, k: int) -> ClientUpdate:
+        return client.gradient(weights)
+
+    def server_step(weights: torch.Tensor, average_gradient: torch.Tensor) -> torch.Tensor:
+        return weights - config.lr * average_gradient
+
+    return _run("FedSGD", clients, model, test_x, test_y, config, client_step, server_step,
+                initial_weights, progress)
+
+
+def run_fedavg(
+    clients: Sequence[Client],
+    model: nn.Module,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    config: FedConfig = FedConfig(),
+    initial_weights: torch.Tensor | None = None,
+    progress: bool = True,
+) -> History:
+    """FedAvg: each round, selected clients train L epochs from w_t; the server averages weights.
+
+    Parameters
+    ----------
+    clients : the clients (their ``model`` must be ``model``).
+    model : the workspace module; it holds w_N when the run ends.
+    test_x, test_y : the common test set the server evaluates on.
+    config : N, L, B, C, eta, seed, dropout, ...
+    initial_weights : w_0 (default: the model's current weights).
+    progress : show a progress bar over rounds.
+    """
+
+    def client_step(client: Client, weights: torch.Tensor, round_index: int, k: int) -> ClientUpdate:
+        generator = _client_generator(config.seed, round_index, k)
+        return client.train(weights, config.local_epochs, config.batch_size, config.lr, generator)
+
+    def server_step(weights: torch.Tensor, average_weights: torch.Tensor) -> torch.Tensor:
+        return average_weights
+
+    return _run("FedAvg", clients, model, test_x, test_y, config, client_step, server_step,
+                initial_weights, progress)
+
+
+def fedsgd_config(config: FedConfig) -> FedConfig:
+    """The FedAvg settings that are exactly FedSGD: L = 1 and B = inf (full batch)."""
+    return replace(config, local_epochs=1, batch_size=math.inf)
