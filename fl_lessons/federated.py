@@ -190,6 +190,18 @@ def aggregate(updates: Sequence[ClientUpdate]) -> torch.Tensor:
     return average
 
 
+def gradient_step(weights: torch.Tensor, gradient: torch.Tensor, lr: float) -> torch.Tensor:
+    """w - eta g: the server's FedSGD update with the averaged gradient (a new tensor).
+
+    Parameters
+    ----------
+    weights : w_t.
+    gradient : sum_k (n_k / n) g_k, the output of :func:`aggregate` on gradients.
+    lr : eta.
+    """
+    return weights - lr * gradient
+
+
 def num_selected(num_clients: int, client_fraction: float) -> int:
     """m = max(ceil(C K), 1): how many clients each round selects.
 
@@ -356,7 +368,7 @@ def run_fedsgd(
         return client.gradient(weights)
 
     def server_step(weights: torch.Tensor, average_gradient: torch.Tensor) -> torch.Tensor:
-        return weights - config.lr * average_gradient
+        return gradient_step(weights, average_gradient, config.lr)
 
     return _run("FedSGD", clients, model, test_x, test_y, config, client_step, server_step,
                 initial_weights, progress)
@@ -392,6 +404,47 @@ def run_fedavg(
 
     return _run("FedAvg", clients, model, test_x, test_y, config, client_step, server_step,
                 initial_weights, progress)
+
+
+def averaging_gap_curve(
+    clients: Sequence[Client],
+    model: nn.Module,
+    initial_weights: torch.Tensor,
+    max_local_steps: int,
+    lr: float,
+) -> np.ndarray:
+    """How far weight averaging after l local steps lands from l steps of FedSGD, l = 1..max.
+
+    Parameters
+    ----------
+    clients : the clients (all take part).
+    model : the workspace module.
+    initial_weights : w_0, where both procedures start.
+    max_local_steps : the largest l (local full-batch gradient steps, i.e. L with B = inf).
+    lr : eta, the same for both procedures.
+
+    Returns ``gap[l - 1] = ||w_avg(l) - w_sgd(l)|| / ||w_sgd(l) - w_0||`` where w_avg(l) is
+    the n_k-weighted average of the clients' weights after l local steps each (one FedAvg
+    round with L = l, B = inf) and w_sgd(l) is the result of l FedSGD rounds (l full-batch
+    gradient steps on the pooled data). At l = 1 the two are equal (notebook 03's proof), so
+    the gap is float noise; beyond it, the gap measures how far local training drifts.
+    """
+    if max_local_steps < 1:
+        raise ValueError(f"max_local_steps must be >= 1, got {max_local_steps}.")
+    local_weights = [initial_weights.clone() for _ in clients]
+    fedsgd_weights = initial_weights.clone()
+    gaps = []
+    for _ in range(max_local_steps):
+        for k, client in enumerate(clients):
+            gradient_k = client.gradient(local_weights[k]).values
+            local_weights[k] = gradient_step(local_weights[k], gradient_k, lr)
+        averaged = aggregate([ClientUpdate(w_k, client.num_examples, math.nan)
+                              for w_k, client in zip(local_weights, clients)])
+        fedsgd_weights = gradient_step(
+            fedsgd_weights, aggregate([client.gradient(fedsgd_weights) for client in clients]), lr)
+        distance_travelled = torch.linalg.vector_norm(fedsgd_weights - initial_weights)
+        gaps.append(float(torch.linalg.vector_norm(averaged - fedsgd_weights) / distance_travelled))
+    return np.array(gaps)
 
 
 def fedsgd_config(config: FedConfig) -> FedConfig:
