@@ -299,6 +299,10 @@ def make_hospitals(
     """
     if len(specs) < 1:
         raise ValueError("make_hospitals needs at least one HospitalSpec.")
+    if common_test_per_hospital < 0:
+        raise ValueError(
+            f"common_test_per_hospital must be >= 0, got {common_test_per_hospital}."
+        )
     for spec in specs:
         if spec.num_train < 1 or spec.num_test < 0:
             raise ValueError(f"{spec.name}: num_train must be >= 1 and num_test >= 0.")
@@ -512,6 +516,8 @@ def load_hospitals(source: str = "synthetic", seed: int = 0) -> HospitalData:
 
 
 def _check_partition_request(num_examples: int, num_clients: int) -> None:
+    if not isinstance(num_clients, (int, np.integer)):
+        raise ValueError(f"num_clients (K) must be a whole number, got {num_clients!r}.")
     if num_clients < 1:
         raise ValueError(f"num_clients (K) must be at least 1, got {num_clients}.")
     if num_clients > num_examples:

@@ -61,6 +61,8 @@ def full_batch_gradient(
     chunk_size : examples per forward pass; the chunks' gradients are summed, weighted by size.
     """
     num_examples = labels.shape[0]
+    if num_examples == 0:
+        raise ValueError("Cannot compute a gradient over an empty dataset (no examples).")
     parameters = list(model.parameters())
     total = [torch.zeros_like(parameter) for parameter in parameters]
     loss_sum = 0.0
@@ -116,6 +118,8 @@ def sgd_epochs(
     """
     _check_sgd_settings(epochs, batch_size, lr)
     num_examples = labels.shape[0]
+    if num_examples == 0:
+        raise ValueError("Cannot train on an empty dataset (no examples): give the model some data.")
     full_batch = batch_size >= num_examples
     step = int(min(batch_size, num_examples))
     parameters = [parameter for parameter in model.parameters()]
