@@ -20,6 +20,7 @@ stays inside :class:`Client`.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -31,6 +32,11 @@ from tqdm.auto import tqdm
 from .data import HospitalData
 from .models import get_flat_weights, model_size_bytes, num_parameters, set_flat_weights
 from .training import DEFAULT_BATCH_SIZE, DEFAULT_LR, Metrics, evaluate, full_batch_gradient, sgd_epochs
+
+
+def _is_whole_number(value) -> bool:
+    """True for 3 and numpy.int64(3); False for 3.0, 2.5 and True."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -61,9 +67,9 @@ class FedConfig:
     eval_every: int = 1
 
     def __post_init__(self):
-        if not (isinstance(self.num_rounds, int) and self.num_rounds >= 1):
+        if not (_is_whole_number(self.num_rounds) and self.num_rounds >= 1):
             raise ValueError(f"num_rounds (N) must be an integer >= 1, got {self.num_rounds!r}.")
-        if not (isinstance(self.local_epochs, int) and self.local_epochs >= 1):
+        if not (_is_whole_number(self.local_epochs) and self.local_epochs >= 1):
             raise ValueError(f"local_epochs (L) must be an integer >= 1, got {self.local_epochs!r}.")
         if not self.batch_size >= 1:
             raise ValueError(f"batch_size (B) must be >= 1, or math.inf for full batch; got {self.batch_size!r}.")
@@ -74,12 +80,12 @@ class FedConfig:
                 f"client_fraction (C) must lie in (0, 1], got {self.client_fraction!r}; "
                 "C = 1 means every client takes part in every round."
             )
-        if self.num_clients is not None and self.num_clients < 1:
-            raise ValueError(f"num_clients (K) must be >= 1, got {self.num_clients!r}.")
+        if self.num_clients is not None and not (_is_whole_number(self.num_clients) and self.num_clients >= 1):
+            raise ValueError(f"num_clients (K) must be an integer >= 1, got {self.num_clients!r}.")
         if not 0.0 <= self.dropout_prob < 1.0:
             raise ValueError(f"dropout_prob must lie in [0, 1), got {self.dropout_prob!r}.")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {self.eval_every!r}.")
+        if not (_is_whole_number(self.eval_every) and self.eval_every >= 1):
+            raise ValueError(f"eval_every must be an integer >= 1, got {self.eval_every!r}.")
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,10 @@ def aggregate(updates: Sequence[ClientUpdate]) -> torch.Tensor:
     if len(updates) == 0:
         raise ValueError("aggregate() needs at least one client update; no client reported.")
     total_examples = sum(update.num_examples for update in updates)
+    if total_examples <= 0 or any(update.num_examples < 0 for update in updates):
+        raise ValueError(
+            f"aggregate() needs positive example counts n_k; got {[u.num_examples for u in updates]}."
+        )
     average = torch.zeros_like(updates[0].values)
     for update in updates:
         average.add_(update.values, alpha=update.num_examples / total_examples)
@@ -210,6 +220,8 @@ def num_selected(num_clients: int, client_fraction: float) -> int:
     num_clients : K.
     client_fraction : C.
     """
+    if not 0.0 < client_fraction <= 1.0:
+        raise ValueError(f"client_fraction (C) must lie in (0, 1], got {client_fraction}.")
     # The small tolerance stops float error (0.3 * 10 = 3.0000000000000004) adding a client.
     return max(math.ceil(client_fraction * num_clients - 1e-9), 1)
 
@@ -225,8 +237,6 @@ def sample_clients(num_clients: int, client_fraction: float, rng: np.random.Gene
     """
     if num_clients < 1:
         raise ValueError(f"num_clients (K) must be >= 1, got {num_clients}.")
-    if not 0.0 < client_fraction <= 1.0:
-        raise ValueError(f"client_fraction (C) must lie in (0, 1], got {client_fraction}.")
     chosen = rng.choice(num_clients, size=num_selected(num_clients, client_fraction), replace=False)
     return np.sort(chosen)
 

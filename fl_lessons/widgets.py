@@ -11,6 +11,8 @@ only truncates a run of ``max_rounds`` rounds (moving it never retrains).
 
 from __future__ import annotations
 
+import base64
+import io
 import math
 import time
 from dataclasses import dataclass, replace
@@ -177,6 +179,28 @@ def summarize(history_avg: History, history_sgd: History, num_rounds: int) -> st
     return "\n".join(lines)
 
 
+def show_in_output(output: widgets.Output, figure, text: str) -> None:
+    """Replace what an Output widget shows with a figure (as PNG) and a line of text.
+
+    Parameters
+    ----------
+    output : the panel's Output widget.
+    figure : a matplotlib figure; it is closed afterwards, so the notebook won't draw it twice.
+    text : printed below the figure.
+
+    Setting ``outputs`` in one assignment swaps the view without flicker, and works the
+    same in JupyterLab, under nbval and in a plain pytest process.
+    """
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    picture = {"output_type": "display_data", "metadata": {},
+               "data": {"image/png": base64.b64encode(buffer.getvalue()).decode("ascii"),
+                        "text/plain": repr(figure)}}
+    caption = {"output_type": "stream", "name": "stdout", "text": text + "\n"}
+    output.outputs = (picture, caption)
+
+
 class FedAvgPanel:
     """Sliders for N, L, K, C and B (and the partition) that redraw FedAvg against FedSGD.
 
@@ -254,12 +278,7 @@ class FedAvgPanel:
                                       f"C={settings.client_fraction:g}")
         figure.axes[0].set_xlim(-0.5, self.limits.max_rounds + 0.5)
         self.last_seconds = time.perf_counter() - started
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(figure)
-            print(self.summary)
-        # Closed so the notebook doesn't draw it a second time; kept for inspection.
-        plt.close(figure)
+        show_in_output(self.output, figure, self.summary)
         self.figure = figure
         self.status.value = f"<small>answered in {self.last_seconds:.2f} s</small>"
 
@@ -330,11 +349,7 @@ class EquivalencePanel:
         ax.grid(alpha=0.3)
         ax.legend(frameon=False)
         self.summary = f"alpha={alpha:.2g}, L={local_steps}: relative gap {gaps[local_steps - 1]:.3f}"
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(figure)
-            print(self.summary)
-        plt.close(figure)
+        show_in_output(self.output, figure, self.summary)
         self.figure = figure
 
     def _ipython_display_(self):
