@@ -33,6 +33,7 @@ from .federated import (
     aggregate,
     averaging_gap_curve,
     fedsgd_config,
+    fedsgd_trajectory,
     gradient_step,
     make_clients,
     num_selected,

@@ -416,12 +416,36 @@ def run_fedavg(
                 initial_weights, progress)
 
 
+def fedsgd_trajectory(
+    clients: Sequence[Client], model: nn.Module, initial_weights: torch.Tensor, num_steps: int, lr: float
+) -> list[torch.Tensor]:
+    """w_1, ..., w_l: the global weights after each of ``num_steps`` FedSGD rounds (all clients).
+
+    Parameters
+    ----------
+    clients : the clients (all take part).
+    model : the workspace module.
+    initial_weights : w_0.
+    num_steps : how many rounds.
+    lr : eta.
+
+    FedSGD with every client taking part is gradient descent on the pooled data, so the
+    path does not depend on how the data is split across the clients.
+    """
+    path, weights = [], initial_weights.clone()
+    for _ in range(num_steps):
+        weights = gradient_step(weights, aggregate([client.gradient(weights) for client in clients]), lr)
+        path.append(weights)
+    return path
+
+
 def averaging_gap_curve(
     clients: Sequence[Client],
     model: nn.Module,
     initial_weights: torch.Tensor,
     max_local_steps: int,
     lr: float,
+    fedsgd_path: Sequence[torch.Tensor] | None = None,
 ) -> np.ndarray:
     """How far weight averaging after l local steps lands from l steps of FedSGD, l = 1..max.
 
@@ -432,6 +456,8 @@ def averaging_gap_curve(
     initial_weights : w_0, where both procedures start.
     max_local_steps : the largest l (local full-batch gradient steps, i.e. L with B = inf).
     lr : eta, the same for both procedures.
+    fedsgd_path : :func:`fedsgd_trajectory` for the same data, if already computed (it does
+        not depend on the split, so a panel that re-splits the data computes it once).
 
     Returns ``gap[l - 1] = ||w_avg(l) - w_sgd(l)|| / ||w_sgd(l) - w_0||`` where w_avg(l) is
     the n_k-weighted average of the clients' weights after l local steps each (one FedAvg
@@ -441,19 +467,20 @@ def averaging_gap_curve(
     """
     if max_local_steps < 1:
         raise ValueError(f"max_local_steps must be >= 1, got {max_local_steps}.")
+    if fedsgd_path is None:
+        fedsgd_path = fedsgd_trajectory(clients, model, initial_weights, max_local_steps, lr)
+    if len(fedsgd_path) < max_local_steps:
+        raise ValueError(f"fedsgd_path has {len(fedsgd_path)} steps; {max_local_steps} are needed.")
     local_weights = [initial_weights.clone() for _ in clients]
-    fedsgd_weights = initial_weights.clone()
     gaps = []
-    for _ in range(max_local_steps):
+    for step in range(max_local_steps):
         for k, client in enumerate(clients):
             gradient_k = client.gradient(local_weights[k]).values
             local_weights[k] = gradient_step(local_weights[k], gradient_k, lr)
         averaged = aggregate([ClientUpdate(w_k, client.num_examples, math.nan)
                               for w_k, client in zip(local_weights, clients)])
-        fedsgd_weights = gradient_step(
-            fedsgd_weights, aggregate([client.gradient(fedsgd_weights) for client in clients]), lr)
-        distance_travelled = torch.linalg.vector_norm(fedsgd_weights - initial_weights)
-        gaps.append(float(torch.linalg.vector_norm(averaged - fedsgd_weights) / distance_travelled))
+        distance_travelled = torch.linalg.vector_norm(fedsgd_path[step] - initial_weights)
+        gaps.append(float(torch.linalg.vector_norm(averaged - fedsgd_path[step]) / distance_travelled))
     return np.array(gaps)
 
 

@@ -24,7 +24,15 @@ import torch
 from IPython.display import display
 
 from .data import HospitalData, hospitals_from_partition, partition_dirichlet, partition_iid
-from .federated import Client, FedConfig, History, averaging_gap_curve, run_fedavg, run_fedsgd
+from .federated import (
+    Client,
+    FedConfig,
+    History,
+    averaging_gap_curve,
+    fedsgd_trajectory,
+    run_fedavg,
+    run_fedsgd,
+)
 from .models import get_flat_weights, make_model
 from .plots import plot_histories
 from .training import evaluate, set_seed, train
@@ -307,6 +315,10 @@ class EquivalencePanel:
         self.num_clients, self.max_local_steps, self.lr, self.seed = num_clients, max_local_steps, lr, seed
         self.model = make_model("cnn", seed=seed)
         self.initial_weights = get_flat_weights(self.model)
+        # FedSGD's path is the same for every split of the data: compute it once, pooled.
+        pooled_client = Client(self.features, self.labels, self.model)
+        self.fedsgd_path = fedsgd_trajectory([pooled_client], self.model, self.initial_weights,
+                                             max_local_steps, lr)
         self._cache: dict[float, np.ndarray] = {}
         self.figure = None
         self.summary = ""
@@ -329,7 +341,7 @@ class EquivalencePanel:
             parts = partition_dirichlet(self.labels.numpy(), self.num_clients, alpha, seed=self.seed)
             clients = [Client(self.features[part], self.labels[part], self.model) for part in parts]
             self._cache[alpha] = averaging_gap_curve(clients, self.model, self.initial_weights,
-                                                     self.max_local_steps, self.lr)
+                                                     self.max_local_steps, self.lr, self.fedsgd_path)
         return self._cache[alpha]
 
     def _on_change(self, change) -> None:
