@@ -1,12 +1,13 @@
 # make lab   - create .venv (first time), install the course, open JupyterLab
 # make test  - the same setup, then run the unit tests and every notebook (nbval)
+# make student - build the student edition (no solutions) into student/
 # make clean - delete .venv
 
 PYTHON ?= python3
 VENV = .venv
 STAMP = $(VENV)/.installed
 
-.PHONY: lab test clean
+.PHONY: lab test student clean
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
@@ -21,6 +22,10 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install -e ".[test]"
 	touch $(STAMP)
+
+# The student edition: solutions replaced by stubs, written to student/ (not committed).
+student: $(STAMP)
+	$(VENV)/bin/python -m fl_lessons.student --out student
 
 clean:
 	rm -rf $(VENV)

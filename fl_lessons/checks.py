@@ -16,8 +16,9 @@ computed inside the check, so the message can say which one the learner's result
 Messages show inputs and numbers, never the package's code. A function that still raises
 ``NotImplementedError`` gets a friendly "not implemented yet".
 
-The checks leave the global random state alone (Python, NumPy and PyTorch), so calling
-one in the middle of a notebook does not change the notebook's later results.
+The checks themselves leave the global random state alone (Python, NumPy and PyTorch), so
+calling one in the middle of a notebook does not change the notebook's later results
+(beyond whatever the learner's own function does).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ NUM_CASES = 5
 # Tolerances relative to a vector's scale, 1 + its largest absolute entry. A learner's
 # float32 answer summed in another order differs in the last bits: ACCEPT. A known mistake
 # computed in float32 by the learner and in float64 here, with cancellation: MATCH. A case
-# is only used if the right answer and all the known mistakes lie at least MIN_GAP apart,
+# is only used if the right answer and all the known mistakes lie at least MIN_GAP_RTOL apart,
 # so a mistake can never pass, or be taken for another, by coincidence.
 ACCEPT_RTOL = 1e-5
 MATCH_RTOL = 1e-4
@@ -53,9 +54,9 @@ EQUIVALENCE_TOLERANCE = 1e-10
 BYTES_TO_DTYPE = {2: torch.float16, 4: torch.float32, 8: torch.float64}
 SKEWED_ALPHA = 0.1
 NEAR_IID_ALPHA = 100.0
-# The package's partitioner, run on 1,500 fresh seeds, averaged a skew of 0.14 or more at
-# alpha = 0.1 over every group of 4 seeds, and at most 0.07 at alpha = 100 on any seed; an
-# IID split scores about 0.02 at both. Averaging 6 seeds makes a false alarm negligible.
+# The skew of a client's label mix (see _label_skew): on 1,500 fresh seeds the package's
+# partitioner averaged at least 0.17 over every group of 6 seeds at alpha = 0.1 and at
+# most 0.07 on any single seed at alpha = 100; an IID split scores about 0.02 at both.
 SKEW_SEEDS = 6
 MIN_SKEW_DIFFERENCE = 0.08
 
@@ -136,6 +137,7 @@ def _check_vector(fn: Callable, result, expected: torch.Tensor, mistakes: Sequen
             f"{_name(fn)} returned a tensor shaped {tuple(result.shape)}; it should be shaped "
             f"like each client's vector, {tuple(expected.shape)}.\n  case: {case}"
         )
+    result = result.detach().cpu()
     if _near(result, expected, ACCEPT_RTOL):
         return
     numbers_shown = (
@@ -151,14 +153,17 @@ def _check_vector(fn: Callable, result, expected: torch.Tensor, mistakes: Sequen
     )
 
 
+SENT_BY_A_CLIENT = "the server must never overwrite what a client sent."
+
+
 def _check_unchanged(fn: Callable, originals: Sequence[torch.Tensor], given: Sequence[torch.Tensor],
-                     what: str, case: str) -> None:
+                     what: str, why: str, case: str) -> None:
     """Fail if the learner's function overwrote the tensors it was given."""
     for index, (original, after) in enumerate(zip(originals, given)):
         if not torch.equal(original, after):
             raise AssertionError(
-                f"{_name(fn)} changed {what.format(index=index)} in place. The server must "
-                f"not overwrite what it was sent: compute the result in a new tensor.\n  case: {case}"
+                f"{_name(fn)} changed {what.format(index=index)} in place. Compute the result "
+                f"in a new tensor and leave the inputs as they were: {why}\n  case: {case}"
             )
 
 
@@ -250,7 +255,7 @@ def check_weighted_average(fn: Callable, seed: int | None = None) -> bool:
         given = [vector.clone() for vector in vectors]
         case = f"{len(vectors)} client vectors with client sizes n_k = {num_examples}"
         result = _call(fn, (given, list(num_examples)), case)
-        _check_unchanged(fn, vectors, given, "vectors[{index}] (a client's vector)", case)
+        _check_unchanged(fn, vectors, given, "vectors[{index}] (a client's vector)", SENT_BY_A_CLIENT, case)
         _check_vector(fn, result, expected, mistakes, case, "the n_k-weighted average")
     return _passed(f"{_name(fn)} computes the n_k-weighted average on {NUM_CASES} fresh random cases.")
 
@@ -321,8 +326,10 @@ def check_fedsgd_step(fn: Callable, seed: int | None = None) -> bool:
         case = (f"w_t = {_format_vector(weights)}, {num_clients} client gradients, "
                 f"client sizes n_k = {num_examples}, lr = {lr}")
         result = _call(fn, (given_weights, given_gradients, list(num_examples), lr), case)
-        _check_unchanged(fn, [weights], [given_weights], "global_weights (w_t)", case)
-        _check_unchanged(fn, gradients, given_gradients, "gradients[{index}] (a client's gradient)", case)
+        _check_unchanged(fn, [weights], [given_weights], "global_weights (w_t)",
+                         "the server still needs w_t after the step, e.g. to compare it with w_{t+1}.", case)
+        _check_unchanged(fn, gradients, given_gradients, "gradients[{index}] (a client's gradient)",
+                         SENT_BY_A_CLIENT, case)
         _check_vector(fn, result, expected, mistakes, case, "the FedSGD update w_{t+1}")
     return _passed(f"{_name(fn)} takes the FedSGD step with the n_k-weighted average gradient "
                    f"on {NUM_CASES} fresh random cases.")
@@ -630,7 +637,7 @@ def check_aggregate_reported(fn: Callable, seed: int | None = None) -> bool:
         case = f"{selected} selected clients with n_k = {num_examples}, reported = {reported}"
         result = _call(fn, (given, list(reported)), case)
         _check_unchanged(fn, vectors, [update.values for update in given],
-                         "updates[{index}].values (what a client sent)", case)
+                         "updates[{index}].values (what a client sent)", SENT_BY_A_CLIENT, case)
         _check_vector(fn, result, expected, mistakes, case,
                       "the n_k-weighted average over the clients that reported")
     return _passed(f"{_name(fn)} averages only the clients that reported, weighted by n_k, on "
@@ -796,5 +803,6 @@ def check_dirichlet_partition(fn: Callable, seed: int | None = None) -> bool:
             f"with large alpha close to the overall mix. Each class's shares across the clients "
             f"come from a Dirichlet(alpha) distribution."
         )
-    return _passed(f"{_name(fn)} splits every example exactly once, reproducibly, and its label "
-                   f"skew follows alpha {measured}.")
+    return _passed(f"{_name(fn)} gives every example to exactly one client, reproducibly, with "
+                   f"label skew {skewed:.2f} at alpha = {SKEWED_ALPHA:g} and {near_iid:.2f} at "
+                   f"alpha = {NEAR_IID_ALPHA:g}.")
