@@ -68,11 +68,11 @@ class PanelSettings:
 class PanelLimits:
     """The slider ranges, and the size of the panel's copy of the data (it sets the speed)."""
 
-    max_rounds: int = 20
+    max_rounds: int = 15
     max_local_epochs: int = 5
     min_clients: int = 2
     max_clients: int = 20
-    train_per_hospital: int = 200
+    train_per_hospital: int = 400
     test_size: int = 400
     fedavg_lr: float = 0.1
     fedsgd_lr: float = 0.5
@@ -325,8 +325,10 @@ class EquivalencePanel:
         style = {"description_width": "initial"}
         self.sliders = {
             "L": widgets.IntSlider(3, 1, max_local_steps, description="local steps L", style=style),
+            # A wide layout: the long description would otherwise squeeze the track to a few pixels.
             "alpha": widgets.FloatLogSlider(1.0, base=10, min=-2, max=2, step=0.25,
-                                            description="alpha (small = more different)", style=style),
+                                            description="alpha (small = more different)", style=style,
+                                            layout=widgets.Layout(width="480px")),
         }
         self.output = widgets.Output()
         for slider in self.sliders.values():
