@@ -39,6 +39,9 @@ def _is_whole_number(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+ENGINES = ("auto", "loop", "vectorized")
+
+
 @dataclass(frozen=True)
 class FedConfig:
     """Every setting of a federated run, validated in one place. The defaults live here.
@@ -54,6 +57,10 @@ class FedConfig:
     dropout_prob : chance that a selected client fails to report in a round.
     seed : seeds client selection, dropout and every client's minibatch order.
     eval_every : evaluate the global model every this many rounds (and after the last).
+    engine : how the clients of a round are computed: ``"loop"`` one after another in one
+        shared module, ``"vectorized"`` all at once with ``torch.func`` (see
+        :mod:`fl_lessons.vectorized`; same numbers up to float rounding), or ``"auto"``:
+        vectorized when the model is on a GPU, the loop on a CPU (faster there).
     """
 
     num_rounds: int = 20
@@ -65,6 +72,7 @@ class FedConfig:
     dropout_prob: float = 0.0
     seed: int = 0
     eval_every: int = 1
+    engine: str = "auto"
 
     def __post_init__(self):
         if not (_is_whole_number(self.num_rounds) and self.num_rounds >= 1):
@@ -86,6 +94,11 @@ class FedConfig:
             raise ValueError(f"dropout_prob must lie in [0, 1), got {self.dropout_prob!r}.")
         if not (_is_whole_number(self.eval_every) and self.eval_every >= 1):
             raise ValueError(f"eval_every must be an integer >= 1, got {self.eval_every!r}.")
+        if self.engine not in ENGINES:
+            raise ValueError(
+                f"engine must be one of {ENGINES}, got {self.engine!r}; 'auto' picks 'vectorized' "
+                "on a GPU and 'loop' on a CPU."
+            )
 
 
 @dataclass(frozen=True)
@@ -286,6 +299,21 @@ class History:
 
 ClientStep = Callable[[Client, torch.Tensor, int, int], ClientUpdate]
 ServerStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The vectorized engine's version of a client step: all reporting clients of a round at once.
+RoundStep = Callable[[torch.Tensor, int, list[int]], list[ClientUpdate]]
+
+
+def resolve_engine(config: FedConfig, model: nn.Module) -> str:
+    """``"loop"`` or ``"vectorized"``: the engine a run with this config and model uses.
+
+    Parameters
+    ----------
+    config : its ``engine`` is ``"auto"``, ``"loop"`` or ``"vectorized"``.
+    model : the workspace module; ``"auto"`` vectorizes when its weights are on a GPU.
+    """
+    if config.engine != "auto":
+        return config.engine
+    return "vectorized" if next(model.parameters()).is_cuda else "loop"
 
 
 def _client_generator(seed: int, round_index: int, client_index: int) -> torch.Generator:
@@ -305,8 +333,13 @@ def _run(
     server_step: ServerStep,
     initial_weights: torch.Tensor | None,
     progress: bool,
+    make_round_step: Callable[[Sequence[Client]], RoundStep] | None = None,
 ) -> History:
-    """The server loop both algorithms share: select, collect, aggregate, evaluate, record."""
+    """The server loop both algorithms share: select, collect, aggregate, evaluate, record.
+
+    With ``make_round_step`` (the vectorized engine), each round's updates come from the
+    round step it builds for the run's clients instead of from ``client_step`` per client.
+    """
     if config.num_clients is not None and config.num_clients > len(clients):
         raise ValueError(
             f"num_clients (K) = {config.num_clients}, but only {len(clients)} clients are "
@@ -315,6 +348,7 @@ def _run(
     clients = list(clients[: config.num_clients or len(clients)])
     num_clients = len(clients)
     rng = np.random.default_rng(config.seed)
+    round_step = None if make_round_step is None else make_round_step(clients)
     weights = (get_flat_weights(model) if initial_weights is None else initial_weights).clone()
     bytes_per_message = model_size_bytes(model)
     set_flat_weights(model, weights)
@@ -326,7 +360,10 @@ def _run(
         # changes which clients the next round selects.
         fails = rng.uniform(size=len(selected)) < config.dropout_prob
         reported = [int(k) for k, failed in zip(selected, fails) if not failed]
-        updates = [client_step(clients[k], weights, round_index, k) for k in reported]
+        if round_step is None:
+            updates = [client_step(clients[k], weights, round_index, k) for k in reported]
+        else:
+            updates = round_step(weights, round_index, reported) if reported else []
         if updates:
             weights = server_step(weights, aggregate(updates))
             total = sum(update.num_examples for update in updates)
@@ -380,8 +417,15 @@ def run_fedsgd(
     def server_step(weights: torch.Tensor, average_gradient: torch.Tensor) -> torch.Tensor:
         return gradient_step(weights, average_gradient, config.lr)
 
+    def make_round_step(run_clients: Sequence[Client]) -> RoundStep:
+        from .vectorized import VectorizedEngine  # imported here: it imports this module
+
+        engine = VectorizedEngine(run_clients, model)
+        return lambda weights, round_index, reported: engine.fedsgd_round(weights, reported)
+
+    vectorized = resolve_engine(config, model) == "vectorized"
     return _run("FedSGD", clients, model, test_x, test_y, config, client_step, server_step,
-                initial_weights, progress)
+                initial_weights, progress, make_round_step if vectorized else None)
 
 
 def run_fedavg(
@@ -412,8 +456,21 @@ def run_fedavg(
     def server_step(weights: torch.Tensor, average_weights: torch.Tensor) -> torch.Tensor:
         return average_weights
 
+    def make_round_step(run_clients: Sequence[Client]) -> RoundStep:
+        from .vectorized import VectorizedEngine  # imported here: it imports this module
+
+        engine = VectorizedEngine(run_clients, model)
+
+        def round_step(weights: torch.Tensor, round_index: int, reported: list[int]) -> list[ClientUpdate]:
+            generators = [_client_generator(config.seed, round_index, k) for k in reported]
+            return engine.fedavg_round(weights, reported, config.local_epochs, config.batch_size,
+                                       config.lr, generators)
+
+        return round_step
+
+    vectorized = resolve_engine(config, model) == "vectorized"
     return _run("FedAvg", clients, model, test_x, test_y, config, client_step, server_step,
-                initial_weights, progress)
+                initial_weights, progress, make_round_step if vectorized else None)
 
 
 def fedsgd_trajectory(
