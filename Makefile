@@ -12,10 +12,12 @@ STAMP = $(VENV)/.installed
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/
 
-# One thread: the notebooks' checked outputs are computed with one thread (float sums in
-# another order could change a rounded digit), and tiny models gain nothing from more.
+# One thread per test process: the notebooks' checked outputs are computed with one thread
+# (float sums in another order change trained figures), and tiny models gain nothing from
+# more. Instead, pytest-xdist runs one test process per core; --dist loadfile keeps each
+# notebook's cells together in one process, in order.
 test: $(STAMP)
-	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -n auto --dist loadfile
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -11,12 +11,13 @@ w^k_{t+1} and n_k under the key Flower's FedAvg weights by.
 
 from __future__ import annotations
 
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_lessons.federated import Client, _client_generator
 from fl_lessons.flower.common import (
     HOSPITAL_ID_KEY,
+    HOSPITAL_RECORD_KEY,
     NUM_EXAMPLES_KEY,
     TRAIN_LOSS_KEY,
     FlowerSettings,
@@ -64,6 +65,8 @@ def train(msg: Message, context: Context) -> Message:
     reply = RecordDict({
         "arrays": arrays_from_flat(model, update.values),
         "metrics": MetricRecord({TRAIN_LOSS_KEY: update.loss, NUM_EXAMPLES_KEY: update.num_examples}),
+        # Who is replying, so the server can sum the replies in hospital order (see server_app).
+        HOSPITAL_RECORD_KEY: ConfigRecord({HOSPITAL_ID_KEY: hospital_id}),
     })
     return Message(content=reply, reply_to=msg)
 

@@ -1,4 +1,4 @@
-"""What the Flower ServerApp and ClientApp share: the run settings and the weights' two forms.
+"""What the Flower apps and the deployment helper share: run settings, keys, the weights' two forms.
 
 Taught in notebook 07 (from simulation to deployment).
 
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Mapping
 
 import torch
-from flwr.app import ArrayRecord
 from torch import nn
 
 from ..federated import FedConfig
@@ -27,6 +26,14 @@ NUM_EXAMPLES_KEY = "num-examples"
 TRAIN_LOSS_KEY = "train-loss"
 HOSPITAL_ID_KEY = "hospital-id"
 """The node config key that tells a SuperNode which hospital it is."""
+
+HOSPITAL_RECORD_KEY = "hospital"
+"""The ConfigRecord in a ClientApp's reply that names its hospital (``hospital-id``)."""
+
+# What the ServerApp writes into the run config's output-dir, for the deployment helper.
+ROUNDS_FILE = "rounds.jsonl"
+FINAL_WEIGHTS_FILE = "final_weights.npy"
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ class FlowerSettings:
         return common_test_size(self.data_scale)
 
 
-def arrays_from_flat(model: nn.Module, weights: torch.Tensor) -> ArrayRecord:
+def arrays_from_flat(model: nn.Module, weights: torch.Tensor):
     """Flower's form of a flat weight vector w: one named array per ``state_dict`` entry.
 
     Parameters
@@ -97,11 +104,15 @@ def arrays_from_flat(model: nn.Module, weights: torch.Tensor) -> ArrayRecord:
     model : a workspace module of the right architecture (its weights are overwritten).
     weights : the flat vector w.
     """
+    # Imported here so that this module, and the deployment helper that reads the run
+    # settings, import without Flower and can say how to install it.
+    from flwr.app import ArrayRecord
+
     set_flat_weights(model, weights)
     return ArrayRecord(model.state_dict())
 
 
-def flat_from_arrays(model: nn.Module, arrays: ArrayRecord) -> torch.Tensor:
+def flat_from_arrays(model: nn.Module, arrays) -> torch.Tensor:
     """Our form of Flower's ``ArrayRecord``: the flat weight vector w.
 
     Parameters

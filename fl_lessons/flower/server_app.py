@@ -25,24 +25,34 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fl_lessons.flower.common import TRAIN_LOSS_KEY, FlowerSettings, flat_from_arrays
+from fl_lessons.flower.common import (
+    FINAL_WEIGHTS_FILE,
+    HOSPITAL_ID_KEY,
+    HOSPITAL_RECORD_KEY,
+    ROUNDS_FILE,
+    SUMMARY_FILE,
+    TRAIN_LOSS_KEY,
+    FlowerSettings,
+    flat_from_arrays,
+)
 from fl_lessons.flower.hospital_data import load_common_test_set
 from fl_lessons.models import get_flat_weights, make_model
 from fl_lessons.training import evaluate
-
-ROUNDS_FILE = "rounds.jsonl"
-FINAL_WEIGHTS_FILE = "final_weights.npy"
-SUMMARY_FILE = "summary.json"
 
 app = ServerApp()
 
 
 class EveryHospitalFedAvg(FedAvg):
-    """Flower's FedAvg, unchanged, except that a round with a failed hospital stops the run.
+    """Flower's FedAvg with two guards: every hospital must report, and replies sum in hospital order.
 
-    Plain FedAvg logs a failed reply and averages the others; with full participation
-    that would quietly become a different algorithm, so here it is an error that names
-    the hospital's reason (e.g. a SuperNode started with a hospital id that does not exist).
+    - Plain FedAvg logs a failed reply and averages the others; with full participation
+      that would quietly become a different algorithm, so here it is an error that names
+      the hospital's reason (e.g. a SuperNode started with a hospital id that does not exist).
+    - Replies arrive in whatever order the network delivers them, and float addition is not
+      associative: summed in arrival order, two runs with the same seeds could differ in the
+      last bit, and SGD can grow such a bit into a visibly different model over many rounds.
+      Sorting the replies by hospital id makes every run sum in the same order, hospital 0
+      first, as ``fl_lessons.aggregate`` does. The averaging itself is Flower's.
     """
 
     def __init__(self, num_hospitals: int):
@@ -62,7 +72,9 @@ class EveryHospitalFedAvg(FedAvg):
                 f"would no longer be FedAvg over every hospital. Their ClientApps said: {reasons}"
             )
         self.reported.append(len(replies))
-        return super().aggregate_train(server_round, replies)
+        in_hospital_order = sorted(
+            replies, key=lambda reply: int(reply.content[HOSPITAL_RECORD_KEY][HOSPITAL_ID_KEY]))
+        return super().aggregate_train(server_round, in_hospital_order)
 
 
 @app.main()
