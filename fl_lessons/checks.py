@@ -1,18 +1,20 @@
 """Automatic checks for the workbook's coding exercises: one call, one clear verdict.
 
-Used by the exercises of notebook 02 (:func:`check_weighted_average`,
+Used by the exercises of notebook 01 (:func:`check_sensitivity_specificity`,
+:func:`check_auc`), notebook 02 (:func:`check_weighted_average`,
 :func:`check_fedsgd_step`, :func:`check_bytes_per_round`), notebook 03
 (:func:`check_equivalence_for_model`) and notebook 04 (:func:`check_aggregate_reported`,
 :func:`check_dirichlet_partition`).
 
 Each check takes the learner's function, runs it on several *fresh* random cases (new ones
 on every call unless a ``seed`` is passed, so an answer cannot be typed in), and compares
-the result with the course package (``fl.aggregate``, ``fl.gradient_step``, the byte
-accounting of ``fl.History``, ...). On success it prints one line starting with "✅" and
-returns ``True``. On failure it raises ``AssertionError`` with a diagnosis in the terms of
-the lesson: the wrong answers learners often give (an unweighted mean, dividing by the
-number of clients, stepping uphill, counting the clients that dropped out, ...) are
-computed inside the check, so the message can say which one the learner's result matches.
+the result with the course package (the metrics of ``fl.evaluate``, ``fl.aggregate``,
+``fl.gradient_step``, the byte accounting of ``fl.History``, ...). On success it prints one
+line starting with "✅" and returns ``True``. On failure it raises ``AssertionError`` with a
+diagnosis in the terms of the lesson: the wrong answers learners often give (swapping
+sensitivity and specificity, ignoring ties in the AUC, an unweighted mean, dividing by the
+number of clients, stepping uphill, counting the clients that dropped out, ...) are computed
+inside the check, so the message can say which one the learner's result matches.
 Messages show inputs and numbers, never the package's code. A function that still raises
 ``NotImplementedError`` gets a friendly "not implemented yet".
 
@@ -36,7 +38,7 @@ from torch import nn
 
 from .federated import Client, ClientUpdate, aggregate, gradient_step
 from .models import make_model, model_size_bytes, num_parameters
-from .training import DEFAULT_BATCH_SIZE
+from .training import DEFAULT_BATCH_SIZE, classification_metrics, roc_auc
 
 NUM_CASES = 5
 """How many random cases each check runs."""
@@ -188,6 +190,253 @@ def _weighted_sum(vectors: Sequence[torch.Tensor], weights: Sequence[float]) -> 
     for vector, weight in zip(vectors, weights):
         total += weight * vector.double()
     return total
+
+
+# ---------------------------------------------------------------------------------------
+# Notebook 01: the metrics clinicians read, sensitivity, specificity and ROC AUC
+# ---------------------------------------------------------------------------------------
+
+
+def _draw_patients(rng: np.random.Generator, num_patients: int) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 labels and predicted probabilities on a coarse grid, so that ties really occur.
+
+    Probabilities are whole multiples of 1 / steps (e.g. 0.35), as a model's rounded
+    outputs would be; sick patients tend to score higher, as with a useful model.
+    """
+    steps = int(rng.choice([10, 20]))
+    while True:
+        labels = (rng.uniform(size=num_patients) < rng.uniform(0.3, 0.6)).astype(np.int64)
+        if 3 <= labels.sum() <= num_patients - 3:
+            break
+    grid = np.where(labels == 1, rng.binomial(steps, 0.62, size=num_patients),
+                    rng.binomial(steps, 0.38, size=num_patients))
+    return labels, grid / steps
+
+
+def _patients_case(labels: np.ndarray, probabilities: np.ndarray, extra: str = "") -> str:
+    described = (f"{len(labels)} patients, {int(labels.sum())} with pneumonia (label 1) and "
+                 f"{int(len(labels) - labels.sum())} normal (label 0){extra}")
+    if len(labels) <= 16:
+        described += (f"\n  labels        = {labels.tolist()}"
+                      f"\n  probabilities = {[round(float(p), 2) for p in probabilities]}")
+    return described
+
+
+def _as_numbers(result, count: int) -> tuple[float, ...] | None:
+    """``count`` real numbers as floats (one-number tensors and arrays allowed), else None."""
+    if count == 1:
+        values = [result]
+    elif isinstance(result, (tuple, list)) and len(result) == count:
+        values = list(result)
+    else:
+        return None
+    found = []
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        elif isinstance(value, np.ndarray) and value.size == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return None
+        found.append(float(value))
+    return tuple(found)
+
+
+def _format_numbers(values: Sequence[float]) -> str:
+    shown = ", ".join(f"{value:.4f}" for value in values)
+    return f"({shown})" if len(values) > 1 else shown
+
+
+def _check_numbers(fn: Callable, result: tuple[float, ...], expected: tuple[float, ...],
+                   mistakes: Sequence[_Mistake], case: str, expected_name: str) -> None:
+    """Fail with the most specific diagnosis unless ``result`` equals ``expected``."""
+    def close(first, second) -> bool:
+        return all(abs(a - b) <= 1e-9 for a, b in zip(first, second))
+
+    if close(result, expected):
+        return
+    numbers_shown = (f"\n  case: {case}\n  you returned {_format_numbers(result)}"
+                     f"\n  {expected_name} is {_format_numbers(expected)}")
+    for mistake in mistakes:
+        if close(result, mistake.value):
+            raise AssertionError(mistake.diagnosis + numbers_shown)
+    raise AssertionError(f"{_name(fn)} does not return {expected_name}.{numbers_shown}")
+
+
+def _numbers_distinct(expected: tuple[float, ...], mistakes: Sequence[_Mistake]) -> bool:
+    values = [expected] + [mistake.value for mistake in mistakes]
+    return all(max(abs(a - b) for a, b in zip(first, second)) > 1e-3
+               for index, first in enumerate(values) for second in values[index + 1:])
+
+
+def _check_inputs_unchanged(fn: Callable, labels: np.ndarray, probabilities: np.ndarray,
+                            given: tuple[np.ndarray, np.ndarray], case: str) -> None:
+    for name, original, after in (("labels", labels, given[0]), ("probabilities", probabilities, given[1])):
+        if not np.array_equal(original, after):
+            raise AssertionError(
+                f"{_name(fn)} changed `{name}` in place (sorted, thresholded or overwrote it). "
+                f"Work on a copy or on new arrays: the hospital still needs its test set and its "
+                f"model's outputs for the next metric.\n  case: {case}"
+            )
+
+
+def _rates(labels: np.ndarray, predicted_pneumonia: np.ndarray) -> tuple[float, float]:
+    """(sensitivity, specificity) of 0/1 decisions, by the package's metric code."""
+    metrics = classification_metrics(np.where(predicted_pneumonia, 1.0, -1.0), labels)
+    return metrics.sensitivity, metrics.specificity
+
+
+def _threshold_mistakes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> list[_Mistake]:
+    """Wrong (sensitivity, specificity) pairs learners often compute, with what each means."""
+    sick, flagged = labels == 1, probabilities > threshold
+    sensitivity, specificity = _rates(labels, flagged)
+    true_positive, true_negative = int((flagged & sick).sum()), int((~flagged & ~sick).sum())
+    num_flagged, num_cleared = int(flagged.sum()), int((~flagged).sum())
+    return [
+        _Mistake((specificity, sensitivity),
+                 "You swapped the two classes: sensitivity is about the patients WITH pneumonia "
+                 "(label 1), the fraction the model catches; specificity about the normal ones "
+                 "(label 0), the fraction it clears."),
+        _Mistake(_rates(labels, probabilities >= threshold),
+                 f"You flagged the patients whose probability is exactly the threshold "
+                 f"({threshold:g}) too. In the course a patient counts as pneumonia when the "
+                 f"probability is *above* the threshold (logit above 0 means above 0.5)."),
+        _Mistake((true_positive / len(labels), true_negative / len(labels)),
+                 f"You divided by all {len(labels)} patients. Sensitivity divides the pneumonias "
+                 f"caught by the patients who have pneumonia ({int(sick.sum())}); specificity "
+                 f"divides the normals cleared by the normal patients ({int((~sick).sum())})."),
+        _Mistake((true_positive / num_flagged if num_flagged else math.nan,
+                  true_negative / num_cleared if num_cleared else math.nan),
+                 "You divided by the patients the model flagged (and cleared): that is the "
+                 "precision (and negative predictive value), what a positive result means for "
+                 "a patient. Sensitivity asks the other way round: of the sick, how many were caught?"),
+        _Mistake((1 - sensitivity, 1 - specificity),
+                 "You returned the miss rate (1 - sensitivity) and the false-alarm rate "
+                 "(1 - specificity): count the patients the model got right in each class."),
+        _Mistake(_rates(labels, probabilities > 0.5),
+                 f"Your result does not depend on `threshold`: it is the sensitivity and "
+                 f"specificity at 0.5. Flag a patient when the probability is above the "
+                 f"threshold you are given ({threshold:g})."),
+        _Mistake(_rates(labels, probabilities < threshold),
+                 "You flagged the patients *below* the threshold: a higher probability means "
+                 "more likely pneumonia."),
+    ]
+
+
+def check_sensitivity_specificity(fn: Callable, seed: int | None = None) -> bool:
+    """Check a learner's sensitivity and specificity at a threshold, against ``fl.evaluate``'s metrics.
+
+    The learner writes::
+
+        fn(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> tuple[float, float]
+
+    ``labels`` holds 1 for pneumonia, 0 for normal; ``probabilities`` the model's predicted
+    probability of pneumonia for each patient. A patient counts as pneumonia when the
+    probability is above ``threshold`` (as a logit above 0 is a probability above 0.5). The
+    result is ``(sensitivity, specificity)``: the fraction of the pneumonia patients flagged,
+    and the fraction of the normal patients cleared. The inputs must not be changed.
+
+    Parameters
+    ----------
+    fn : the learner's function.
+    seed : seeds the random cases (default: fresh cases on every call).
+    """
+    rng = np.random.default_rng(seed)
+    for case_index in range(NUM_CASES):
+        while True:
+            num_patients = int(rng.integers(10, 15)) if case_index == 0 else int(rng.integers(30, 200))
+            labels, probabilities = _draw_patients(rng, num_patients)
+            # A threshold some patients sit exactly on, so "above" and "at or above" differ.
+            threshold = float(rng.choice(probabilities[(probabilities > 0) & (probabilities < 1)]))
+            sensitivity, specificity = _rates(labels, probabilities > threshold)
+            mistakes = _threshold_mistakes(labels, probabilities, threshold)
+            if threshold != 0.5 and _numbers_distinct((sensitivity, specificity), mistakes):
+                break
+        case = _patients_case(labels, probabilities, f", threshold = {threshold:g}")
+        given = (labels.copy(), probabilities.copy())
+        result = _call(fn, (given[0], given[1], threshold), case)
+        _check_inputs_unchanged(fn, labels, probabilities, given, case)
+        answer = _as_numbers(result, 2)
+        if answer is None:
+            raise AssertionError(f"{_name(fn)} returned {result!r}; it should return two numbers, "
+                                 f"(sensitivity, specificity).\n  case: {case}")
+        _check_numbers(fn, answer, (sensitivity, specificity), mistakes, case,
+                       "the right (sensitivity, specificity)")
+    return _passed(f"{_name(fn)} computes sensitivity and specificity at a threshold on "
+                   f"{NUM_CASES} fresh random cases.")
+
+
+def _auc_mistakes(labels: np.ndarray, probabilities: np.ndarray) -> list[_Mistake]:
+    """Wrong AUCs learners often compute, with what each means."""
+    auc = roc_auc(probabilities, labels)
+    # Ties broken against (or for) the sick patient: the grid's gap, 1 / steps, dwarfs the nudge.
+    ties_lost = roc_auc(probabilities - 1e-6 * labels, labels)
+    ties_won = roc_auc(probabilities + 1e-6 * labels, labels)
+    num_patients, num_sick = len(labels), int(labels.sum())
+    num_normal = num_patients - num_sick
+    at_half = classification_metrics(probabilities - 0.5, labels)
+    return [
+        _Mistake((ties_lost,),
+                 "You counted a tie (a sick and a normal patient with the same probability) as "
+                 "a loss. A tie is a coin toss: it counts one half."),
+        _Mistake((ties_won,),
+                 "You counted a tie (a sick and a normal patient with the same probability) as "
+                 "a win. A tie is a coin toss: it counts one half."),
+        _Mistake((1 - auc,),
+                 "You returned 1 - AUC: the chance that a *normal* patient scores above a sick "
+                 "one. Count the pairs where the pneumonia patient scores higher."),
+        _Mistake((at_half.accuracy,),
+                 "You returned the accuracy at threshold 0.5. The AUC does not use a threshold: "
+                 "it compares every pneumonia patient with every normal one."),
+        _Mistake(((at_half.sensitivity + at_half.specificity) / 2,),
+                 "You computed the AUC of the yes/no decisions at threshold 0.5, not of the "
+                 "probabilities: the AUC ranks patients by their probability."),
+        _Mistake((auc * num_sick * num_normal / (num_patients * (num_patients - 1) / 2),),
+                 f"You divided by all {num_patients * (num_patients - 1) // 2} pairs of patients. "
+                 f"Only pairs of one pneumonia and one normal patient count: "
+                 f"{num_sick} x {num_normal} = {num_sick * num_normal} of them."),
+        _Mistake((auc * num_sick * num_normal / num_patients ** 2,),
+                 f"You divided by n^2 = {num_patients ** 2}. Only pairs of one pneumonia and one "
+                 f"normal patient count: {num_sick} x {num_normal} = {num_sick * num_normal} of them."),
+    ]
+
+
+def check_auc(fn: Callable, seed: int | None = None) -> bool:
+    """Check a learner's ROC AUC, computed by comparing patients, against ``fl.roc_auc``.
+
+    The learner writes::
+
+        fn(labels: np.ndarray, probabilities: np.ndarray) -> float
+
+    returning the fraction of (pneumonia patient, normal patient) pairs in which the
+    pneumonia patient has the higher probability, a tie counting one half. The cases hold
+    many ties (probabilities such as 0.35 repeat), and the inputs must not be changed.
+
+    Parameters
+    ----------
+    fn : the learner's function.
+    seed : seeds the random cases (default: fresh cases on every call).
+    """
+    rng = np.random.default_rng(seed)
+    for case_index in range(NUM_CASES):
+        while True:
+            num_patients = int(rng.integers(10, 15)) if case_index == 0 else int(rng.integers(30, 200))
+            labels, probabilities = _draw_patients(rng, num_patients)
+            expected = (roc_auc(probabilities, labels),)
+            mistakes = _auc_mistakes(labels, probabilities)
+            if _numbers_distinct(expected, mistakes):
+                break
+        case = _patients_case(labels, probabilities)
+        given = (labels.copy(), probabilities.copy())
+        result = _call(fn, given, case)
+        _check_inputs_unchanged(fn, labels, probabilities, given, case)
+        answer = _as_numbers(result, 1)
+        if answer is None:
+            raise AssertionError(f"{_name(fn)} returned {result!r}; it should return one number, "
+                                 f"the AUC.\n  case: {case}")
+        _check_numbers(fn, answer, expected, mistakes, case, "the AUC")
+    return _passed(f"{_name(fn)} computes the ROC AUC, ties counting one half, on {NUM_CASES} "
+                   f"fresh random cases.")
 
 
 # ---------------------------------------------------------------------------------------
@@ -806,3 +1055,418 @@ def check_dirichlet_partition(fn: Callable, seed: int | None = None) -> bool:
     return _passed(f"{_name(fn)} gives every example to exactly one client, reproducibly, with "
                    f"label skew {skewed:.2f} at alpha = {SKEWED_ALPHA:g} and {near_iid:.2f} at "
                    f"alpha = {NEAR_IID_ALPHA:g}.")
+
+
+# --- Notebook 07: from simulation to deployment ---
+# The two checks below need nothing from Flower: the first compares with fl.aggregate, the
+# second with fl_lessons.flower.deploy.supernode_command (imported when the check runs, since
+# that module needs the `flower` extra's psutil).
+
+ARRAY_SHAPES = (("conv.weight", (2, 1, 3, 3)), ("conv.bias", (2,)), ("fc.weight", (1, 4)), ("fc.bias", (1,)))
+"""Named arrays like those of a model's ``state_dict``, as Flower's ``ArrayRecord`` carries them."""
+
+
+def _draw_named_arrays(rng: np.random.Generator, num_hospitals: int) -> list[dict[str, np.ndarray]]:
+    names = [name for name, _ in ARRAY_SHAPES][: int(rng.integers(2, len(ARRAY_SHAPES) + 1))]
+    shapes = dict(ARRAY_SHAPES)
+    return [{name: rng.normal(size=shapes[name]).astype(np.float32) for name in names}
+            for _ in range(num_hospitals)]
+
+
+def _flatten_named(arrays: dict, names: Sequence[str]) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(np.asarray(arrays[name], dtype=np.float64)).reshape(-1)
+                      for name in names])
+
+
+def _arrays_case(rng: np.random.Generator):
+    """Hospitals' named arrays and sizes on which every known averaging mistake is clearly wrong."""
+    while True:
+        num_hospitals = int(rng.integers(2, 6))
+        arrays, num_examples = _draw_named_arrays(rng, num_hospitals), _draw_sizes(rng, num_hospitals)
+        names = list(arrays[0])
+        vectors = [_flatten_named(hospital, names).float() for hospital in arrays]
+        mistakes = _averaging_mistakes(vectors, num_examples)
+        expected = aggregate(_updates(vectors, num_examples))
+        if _distinct(expected, mistakes):
+            return arrays, num_examples, names, expected, mistakes
+
+
+def check_average_arrays(fn: Callable, seed: int | None = None) -> bool:
+    """Check a learner's FedAvg over named arrays (Flower's ``ArrayRecord``) against ``fl.aggregate``.
+
+    The learner writes::
+
+        fn(arrays: list[dict[str, np.ndarray]], num_examples: list[int]) -> dict[str, np.ndarray]
+
+    one dict per hospital, array name -> array (as ``ArrayRecord.numpy()`` gives them),
+    returning for every name the n_k-weighted average of the hospitals' arrays of that
+    name, with the same names and shapes; the inputs must not be changed.
+
+    Parameters
+    ----------
+    fn : the learner's function.
+    seed : seeds the random cases (default: fresh cases on every call).
+    """
+    rng = np.random.default_rng(seed)
+    for _ in range(NUM_CASES):
+        arrays, num_examples, names, expected, mistakes = _arrays_case(rng)
+        shapes = {name: tuple(array.shape) for name, array in arrays[0].items()}
+        given = [{name: array.copy() for name, array in hospital.items()} for hospital in arrays]
+        case = f"{len(arrays)} hospitals with n_k = {num_examples}, each sending arrays {shapes}"
+        result = _call(fn, (given, list(num_examples)), case)
+        for index, (original, after) in enumerate(zip(arrays, given)):
+            if set(after) != set(original) or any(not np.array_equal(original[n], after[n]) for n in original):
+                raise AssertionError(
+                    f"{_name(fn)} changed hospital {index}'s arrays in place. Build new arrays for "
+                    f"the average and leave the inputs as they were: {SENT_BY_A_CLIENT}\n  case: {case}"
+                )
+        if not isinstance(result, dict):
+            raise AssertionError(
+                f"{_name(fn)} returned a {type(result).__name__}; it should return a dict with the "
+                f"same array names as each hospital sent ({names}), like an ArrayRecord.\n  case: {case}"
+            )
+        if sorted(result) != sorted(names):
+            raise AssertionError(
+                f"{_name(fn)} returned the arrays {sorted(result)}; it should return one average for "
+                f"each array name the hospitals sent, {sorted(names)}.\n  case: {case}"
+            )
+        for name in names:
+            got = np.asarray(result[name])
+            if got.shape != shapes[name]:
+                raise AssertionError(
+                    f"{_name(fn)} returned {name!r} shaped {got.shape}; it should keep the shape the "
+                    f"hospitals sent, {shapes[name]}, so the model can load it.\n  case: {case}"
+                )
+        flat = _flatten_named(result, names).float()
+        _check_vector(fn, flat, expected, mistakes, case,
+                      "the n_k-weighted average (all arrays, one after another)")
+    return _passed(f"{_name(fn)} averages every named array weighted by n_k, as Flower's FedAvg "
+                   f"does, on {NUM_CASES} fresh random cases.")
+
+
+def _parse_supernode_command(fn: Callable, result, case: str) -> tuple[str, dict[str, list[str]]]:
+    """The program's name and each option with the values that follow it."""
+    if not (isinstance(result, (list, tuple)) and result and all(isinstance(part, str) for part in result)):
+        raise AssertionError(
+            f"{_name(fn)} returned {result!r}; it should return the command as a list of strings, "
+            f"e.g. ['flower-supernode', '--superlink', '127.0.0.1:9092', ...].\n  case: {case}"
+        )
+    options: dict[str, list[str]] = {}
+    current = None
+    for part in result[1:]:
+        if part.startswith("--"):
+            current = part
+            options.setdefault(current, [])
+        elif current is None:
+            raise AssertionError(f"{_name(fn)}: {part!r} comes before any option.\n  case: {case}")
+        else:
+            options[current].append(part)
+    return result[0].rsplit("/", 1)[-1], options
+
+
+def _check_supernode_case(fn: Callable, hospital_id: int, superlink: str, root_certificates) -> None:
+    from .flower.deploy import supernode_command  # needs the `flower` extra (psutil)
+
+    case = (f"hospital_id={hospital_id}, superlink={superlink!r}, "
+            f"root_certificates={root_certificates!r}")
+    try:
+        expected = supernode_command(hospital_id, superlink, root_certificates)
+    except ValueError:
+        try:
+            result = fn(hospital_id, superlink, root_certificates)
+        except NotImplementedError:
+            raise AssertionError(NOT_IMPLEMENTED.format(name=_name(fn))) from None
+        except ValueError:
+            return
+        except Exception as error:
+            raise AssertionError(
+                f"{_name(fn)} raised {type(error).__name__}: {error}; refuse with a ValueError that "
+                f"says what to change.\n  case: {case}"
+            ) from error
+        raise AssertionError(
+            f"{_name(fn)} returned {result!r}, a SuperNode that would send its hospital's model "
+            f"weights unencrypted to {superlink}, another computer. Without root_certificates it "
+            f"must refuse (raise ValueError) unless the SuperLink is on 127.0.0.1 or localhost."
+            f"\n  case: {case}"
+        )
+    result = _call(fn, (hospital_id, superlink, root_certificates), case)
+    program, options = _parse_supernode_command(fn, result, case)
+    _, wanted = _parse_supernode_command(supernode_command, expected, case)
+    shown = f"\n  case: {case}\n  you returned {list(result)}"
+    if program != "flower-supernode":
+        raise AssertionError(f"The command should start Flower's SuperNode, `flower-supernode`, not {program!r}.{shown}")
+    if options.get("--superlink") != wanted["--superlink"]:
+        raise AssertionError(f"Tell the SuperNode where the SuperLink is: `--superlink {superlink}`.{shown}")
+    node_config = options.get("--node-config", [])
+    if node_config != wanted["--node-config"]:
+        hint = ""
+        if any("hospital_id" in part for part in node_config):
+            hint = " The ClientApp reads the key `hospital-id`, with a hyphen, not `hospital_id`."
+        raise AssertionError(
+            f"The SuperNode must be told its hospital in its node config, as one argument: "
+            f"`--node-config {wanted['--node-config'][0]}`.{hint}{shown}"
+        )
+    if "--insecure" in options and root_certificates is not None:
+        raise AssertionError(
+            f"With root_certificates given, the SuperNode should verify the SuperLink with "
+            f"`--root-certificates {root_certificates}`, and never add `--insecure`.{shown}"
+        )
+    if root_certificates is not None and options.get("--root-certificates") != [str(root_certificates)]:
+        raise AssertionError(
+            f"Pass the CA certificate so the SuperNode can verify the SuperLink's TLS certificate: "
+            f"`--root-certificates {root_certificates}`.{shown}"
+        )
+    if root_certificates is None and "--insecure" not in options:
+        raise AssertionError(
+            f"Without certificates, a SuperNode expects TLS by default and would fail to connect to "
+            f"a SuperLink started with --insecure. On loopback ({superlink}) add `--insecure`.{shown}"
+        )
+    extra = sorted(set(options) - set(wanted))
+    if extra:
+        raise AssertionError(f"The command has options the SuperNode does not need here: {extra}.{shown}")
+
+
+def check_supernode_command(fn: Callable, seed: int | None = None) -> bool:
+    """Check a learner's SuperNode command line against ``fl_lessons.flower.supernode_command``.
+
+    The learner writes::
+
+        fn(hospital_id: int, superlink: str, root_certificates: str | None) -> list[str]
+
+    returning the arguments that start hospital k's SuperNode: ``flower-supernode``, the
+    SuperLink's address, ``hospital-id=k`` in the node config, and either TLS
+    (``--root-certificates``) or, only for a SuperLink on this computer, ``--insecure``;
+    for a SuperLink elsewhere without certificates it raises ``ValueError``.
+
+    Parameters
+    ----------
+    fn : the learner's function.
+    seed : seeds the random cases (default: fresh cases on every call).
+    """
+    rng = np.random.default_rng(seed)
+    cases = []
+    for _ in range(2):
+        hospital_id, port = int(rng.integers(0, 5)), int(rng.integers(9000, 9999))
+        remote = f"superlink.hospital-network-{int(rng.integers(1, 99))}.example.org:{port}"
+        certificates = f"certificates/ca-{int(rng.integers(1, 99))}.crt"
+        cases += [(hospital_id, f"127.0.0.1:{port}", None), (hospital_id, f"localhost:{port}", None),
+                  (hospital_id, remote, certificates), (hospital_id, remote, None),
+                  ((hospital_id + 1) % 5, f"10.0.{int(rng.integers(0, 255))}.7:{port}", None)]
+    for hospital_id, superlink, root_certificates in cases:
+        _check_supernode_case(fn, hospital_id, superlink, root_certificates)
+    return _passed(f"{_name(fn)} builds each hospital's SuperNode command: its node config, TLS when "
+                   f"the SuperLink is elsewhere, --insecure only on loopback ({len(cases)} cases).")
+
+
+# --- Notebooks 05 and 06: rounds to target, heterogeneity ---
+# check_rounds_to_target and check_local_updates (notebook 05), check_proximal_gradient
+# (notebook 06; its other exercise reuses check_dirichlet_partition).
+
+ROUNDS_TOLERANCE = 1e-9
+MIN_ROUNDS_GAP = 1e-3
+
+
+def _rounds_mistakes(rounds: list[float], accuracies: list[float], target: float) -> list[_Mistake]:
+    """Rounds-to-target answers computed the ways learners often get wrong."""
+    mistakes = []
+    first = next((i for i, a in enumerate(accuracies) if a >= target), None)
+    if first is not None:
+        mistakes.append(_Mistake(float(rounds[first]),
+            "You returned the first evaluated round at or above the target, without interpolating: "
+            "the target is crossed somewhere between the last round below it and that round. "
+            "Interpolate linearly between the two."))
+        if first > 0:
+            before, after = accuracies[first - 1], accuracies[first]
+            raw = rounds[first - 1] + (target - before) / (after - before) * (rounds[first] - rounds[first - 1])
+            mistakes.append(_Mistake(float(raw),
+                "You interpolated from the accuracy measured at the previous round, but the curve "
+                "must first be made monotone: interpolate from the running maximum (the best "
+                "accuracy so far), not from a dip."))
+    return mistakes
+
+
+def _rounds_case(rng: np.random.Generator) -> tuple[list[float], list[float], float]:
+    """A noisy, non-monotone learning curve evaluated every few rounds, and a target it crosses."""
+    every = int(rng.choice([1, 2, 5, 10]))
+    count = int(rng.integers(6, 14))
+    rounds = [every * t for t in range(count)]
+    trend = 0.5 + 0.4 * (1 - np.exp(-np.arange(count) / rng.uniform(2, 5)))
+    accuracies = np.clip(trend + rng.normal(0, 0.05, size=count), 0, 1).round(3)
+    crossing = int(rng.integers(2, count))
+    target = float(np.round(rng.uniform(accuracies[:crossing].max(), 1.0), 3))
+    accuracies[crossing] = round(min(1.0, target + rng.uniform(0.005, 0.05)), 3)
+    return rounds, [float(a) for a in accuracies], target
+
+
+def _check_rounds_case(fn: Callable, rounds, accuracies, target, expected, mistakes) -> None:
+    case = f"rounds = {rounds}, accuracies = {accuracies}, target = {target}"
+    result = _call(fn, (list(rounds), list(accuracies), target), case)
+    if expected is None:
+        if result is not None:
+            raise AssertionError(
+                f"{_name(fn)} returned {result!r} for a curve that never reaches the target; return None, "
+                f"so that 'not reached within N' can never be mistaken for a number of rounds.\n  case: {case}")
+        return
+    if result is None or isinstance(result, bool) or not isinstance(result, numbers.Real):
+        raise AssertionError(f"{_name(fn)} returned {result!r}; it should return the round (a number) at "
+                             f"which the target is reached, here {expected:.4f}.\n  case: {case}")
+    if abs(float(result) - expected) <= ROUNDS_TOLERANCE * (1 + abs(expected)):
+        return
+    shown = f"\n  case: {case}\n  you returned {float(result):.4f}; the target is reached at round {expected:.4f}"
+    for mistake in mistakes:
+        if abs(float(result) - mistake.value) <= 1e-6 * (1 + abs(mistake.value)):
+            raise AssertionError(mistake.diagnosis + shown)
+    raise AssertionError(f"{_name(fn)} does not return the round at which the running best first reaches "
+                         f"the target.{shown}")
+
+
+def check_rounds_to_target(fn: Callable, seed: int | None = None) -> bool:
+    """Check a learner's rounds-to-target: running maximum, linear interpolation, None if never.
+
+    The learner writes::
+
+        fn(rounds: list, accuracies: list, target: float) -> float | None
+
+    returning the (fractional) round at which the running-best accuracy first reaches the
+    target, interpolated linearly between evaluated rounds, as McMahan et al. 2017 count it;
+    ``None`` when the target is never reached. Compared with
+    :func:`fl_lessons.experiments.rounds_to_target` on fresh noisy curves.
+
+    Parameters
+    ----------
+    fn : the learner's function.
+    seed : seeds the random cases (default: fresh cases on every call).
+    """
+    from .experiments import rounds_to_target  # imported here: experiments is a heavier module
+
+    rng = np.random.default_rng(seed)
+    checked = 0
+    for _ in range(200):
+        rounds, accuracies, target = _rounds_case(rng)
+        expected = rounds_to_target(rounds, accuracies, target)
+        mistakes = _rounds_mistakes(rounds, accuracies, target)
+        # Use only curves on which every known mistake gives a clearly different answer.
+        if expected is None or any(abs(m.value - expected) < MIN_ROUNDS_GAP for m in mistakes) or len(mistakes) < 2:
+            continue
+        _check_rounds_case(fn, rounds, accuracies, target, expected, mistakes)
+        checked += 1
+        if checked == NUM_CASES:
+            break
+    # Fixed edge cases: reached at the first point, and never reached.
+    _check_rounds_case(fn, [3, 4, 5], [0.9, 0.8, 0.95], 0.85, 3.0, [])
+    _check_rounds_case(fn, [0, 1, 2, 3], [0.5, 0.7, 0.6, 0.79], 0.8, None, [])
+    return _passed(f"{_name(fn)} counts rounds like the paper: running best, linear interpolation, "
+                   f"None when never reached ({checked + 2} curves).")
+
+
+def _local_updates_mistakes(local_epochs: int, batch_size: float, num_examples: int,
+                            num_clients: int) -> list[_Mistake]:
+    per_client = num_examples / num_clients
+    mistakes = [
+        _Mistake(float(local_epochs * num_examples / batch_size) if batch_size != math.inf else math.nan,
+                 "You divided the whole data set n by B: a client holds only about n / K examples, so "
+                 "divide by K too."),
+        _Mistake(float(per_client / batch_size) if batch_size != math.inf else 1.0,
+                 "You counted the steps of one epoch only: multiply by the L local epochs."),
+        _Mistake(float(local_epochs * math.ceil(per_client / batch_size)) if batch_size != math.inf else math.nan,
+                 "You rounded the steps per epoch up to a whole number: u is the paper's *expected* "
+                 "number of updates, L n / (K B), without rounding."),
+    ]
+    if batch_size == math.inf:
+        mistakes.append(_Mistake(0.0, "B = inf means one full-batch step per epoch, so u = L, not "
+                                      "L n / (K inf) = 0."))
+    return mistakes
+
+
+def check_local_updates(fn: Callable, seed: int | None = None) -> bool:
+    """Check a learner's u = L n / (K B), the expected local updates per client per round.
+
+    The learner writes::
+
+        fn(local_epochs: int, batch_size: float, num_examples: int, num_clients: int) -> float
+
+    with ``batch_size = math.inf`` meaning full batch (u = L). Compared with
+    :meth:`fl_lessons.experiments.Setting.local_updates`.
+
+    Parameters
+    ----------
+    fn : the learner's function.
+    seed : seeds the random cases (default: fresh cases on every call).
+    """
+    from .experiments import Setting
+
+    rng = np.random.default_rng(seed)
+    cases = [(int(rng.integers(1, 21)), float(rng.choice([10, 20, 50])), int(rng.integers(1000, 60001)),
+              int(rng.integers(10, 101))) for _ in range(NUM_CASES)]
+    cases.append((int(rng.integers(2, 21)), math.inf, int(rng.integers(1000, 60001)), int(rng.integers(10, 101))))
+    for local_epochs, batch_size, num_examples, num_clients in cases:
+        case = f"L = {local_epochs}, B = {batch_size:g}, n = {num_examples}, K = {num_clients}"
+        expected = Setting("FedAvg", local_epochs, batch_size).local_updates(num_examples, num_clients)
+        result = _call(fn, (local_epochs, batch_size, num_examples, num_clients), case)
+        if isinstance(result, bool) or not isinstance(result, numbers.Real):
+            raise AssertionError(f"{_name(fn)} returned {result!r}; it should return one number, u.\n  case: {case}")
+        if abs(float(result) - expected) <= 1e-9 * (1 + expected):
+            continue
+        shown = f"\n  case: {case}\n  you returned {float(result):.4g}; u = {expected:.4g}"
+        for mistake in _local_updates_mistakes(local_epochs, batch_size, num_examples, num_clients):
+            if not math.isnan(mistake.value) and abs(float(result) - mistake.value) <= 1e-9 * (1 + abs(mistake.value)) \
+                    and abs(mistake.value - expected) > 1e-6:
+                raise AssertionError(mistake.diagnosis + shown)
+        raise AssertionError(f"{_name(fn)} does not return u = L n / (K B).{shown}")
+    return _passed(f"{_name(fn)} computes u = L n / (K B), and u = L for B = inf ({len(cases)} cases).")
+
+
+def _proximal_mistakes(gradient: torch.Tensor, weights: torch.Tensor, anchor: torch.Tensor,
+                       mu: float) -> list[_Mistake]:
+    return [
+        _Mistake(gradient + mu * (anchor - weights),
+                 "The sign of the proximal term is flipped: the gradient of (mu/2)||w - w_t||^2 is "
+                 "mu (w - w_t), so that the step (against the gradient) pulls w back towards w_t."),
+        _Mistake(gradient + mu / 2 * (weights - anchor),
+                 "You kept the 1/2: the derivative of (mu/2)||w - w_t||^2 is mu (w - w_t), the 2 of "
+                 "the square cancels it."),
+        _Mistake(gradient + (weights - anchor),
+                 "You left out mu: the pull towards w_t is mu (w - w_t)."),
+        _Mistake(mu * (weights - anchor),
+                 "You returned the proximal term alone: add it to the gradient of the client's own loss."),
+        _Mistake(gradient.clone(),
+                 "You returned the gradient unchanged: FedProx adds mu (w - w_t) to it."),
+    ]
+
+
+def check_proximal_gradient(fn: Callable, seed: int | None = None) -> bool:
+    """Check a learner's FedProx gradient: ``gradient + mu (weights - global_weights)``.
+
+    The learner writes::
+
+        fn(gradient: Tensor, weights: Tensor, global_weights: Tensor, mu: float) -> Tensor
+
+    the gradient of F_k(w) + (mu / 2) ||w - w_t||^2 (Li et al. 2020). Compared with
+    :func:`fl_lessons.fedprox.proximal_gradient`.
+
+    Parameters
+    ----------
+    fn : the learner's function.
+    seed : seeds the random cases (default: fresh cases on every call).
+    """
+    from .fedprox import proximal_gradient
+
+    rng = np.random.default_rng(seed)
+    checked = 0
+    while checked < NUM_CASES:
+        length = int(rng.integers(3, 7))
+        gradient, weights, anchor = (torch.from_numpy(rng.normal(0, 1, size=length)) for _ in range(3))
+        mu = float(np.round(rng.uniform(0.1, 3.0), 2))
+        expected = proximal_gradient(gradient, weights, anchor, mu)
+        mistakes = _proximal_mistakes(gradient, weights, anchor, mu)
+        if abs(mu - 1.0) < 0.05 or abs(mu - 2.0) < 0.05 or not _distinct(expected, mistakes):
+            continue
+        case = (f"gradient = {_format_vector(gradient)}, weights = {_format_vector(weights)}, "
+                f"global_weights = {_format_vector(anchor)}, mu = {mu}")
+        originals = [t.clone() for t in (gradient, weights, anchor)]
+        result = _call(fn, (gradient, weights, anchor, mu), case)
+        _check_unchanged(fn, originals, [gradient, weights, anchor], "input {index}",
+                         "the round still needs w and w_t after this step.", case)
+        _check_vector(fn, result, expected, mistakes, case, "gradient + mu (weights - global_weights)")
+        checked += 1
+    return _passed(f"{_name(fn)} adds FedProx's pull mu (w - w_t) to the gradient ({checked} cases).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,6 +34,16 @@ def one_torch_thread():
 # ---------------------------------------------------------------------------------------
 # Reference solutions, written with the package, as a teacher would
 # ---------------------------------------------------------------------------------------
+
+
+def sensitivity_specificity(labels, probabilities, threshold):
+    # The package's rule: pneumonia when the logit, here probability - threshold, is above 0.
+    metrics = fl.training.classification_metrics(probabilities - threshold, labels)
+    return metrics.sensitivity, metrics.specificity
+
+
+def rank_auc(labels, probabilities):
+    return fl.roc_auc(probabilities, labels)
 
 
 def weighted_average(vectors, num_examples):
@@ -81,6 +92,8 @@ def equivalence_for_model(model_name, seed):
 
 
 REFERENCES = {
+    "check_sensitivity_specificity": sensitivity_specificity,
+    "check_auc": rank_auc,
     "check_weighted_average": weighted_average,
     "check_fedsgd_step": fedsgd_step,
     "check_aggregate_reported": aggregate_reported,
@@ -379,7 +392,128 @@ def equivalence_for_model_mistakes():
     ]
 
 
+def counts(labels, flagged):
+    """(true positives, true negatives, number sick, number normal) of 0/1 decisions."""
+    sick = labels == 1
+    return int((flagged & sick).sum()), int((~flagged & ~sick).sum()), int(sick.sum()), int((~sick).sum())
+
+
+def sensitivity_specificity_mistakes():
+    def swapped(labels, probabilities, threshold):
+        sensitivity, specificity = sensitivity_specificity(labels, probabilities, threshold)
+        return specificity, sensitivity
+
+    def at_or_above(labels, probabilities, threshold):
+        tp, tn, sick, normal = counts(labels, probabilities >= threshold)
+        return tp / sick, tn / normal
+
+    def divided_by_all(labels, probabilities, threshold):
+        tp, tn, _, _ = counts(labels, probabilities > threshold)
+        return tp / len(labels), tn / len(labels)
+
+    def precision(labels, probabilities, threshold):
+        flagged = probabilities > threshold
+        tp, tn, _, _ = counts(labels, flagged)
+        return tp / flagged.sum(), tn / (~flagged).sum()
+
+    def miss_rates(labels, probabilities, threshold):
+        sensitivity, specificity = sensitivity_specificity(labels, probabilities, threshold)
+        return 1 - sensitivity, 1 - specificity
+
+    def always_half(labels, probabilities, threshold):
+        return sensitivity_specificity(labels, probabilities, 0.5)
+
+    def below(labels, probabilities, threshold):
+        tp, tn, sick, normal = counts(labels, probabilities < threshold)
+        return tp / sick, tn / normal
+
+    def thresholds_in_place(labels, probabilities, threshold):
+        probabilities[:] = probabilities > threshold
+        tp, tn, sick, normal = counts(labels, probabilities > 0.5)
+        return tp / sick, tn / normal
+
+    def returns_accuracy(labels, probabilities, threshold):
+        return float(np.mean((probabilities > threshold) == (labels == 1)))
+
+    def slightly_off(labels, probabilities, threshold):
+        sensitivity, specificity = sensitivity_specificity(labels, probabilities, threshold)
+        return sensitivity + 0.001, specificity
+
+    def torch_only(labels, probabilities, threshold):
+        return labels.bool(), probabilities
+
+    return [
+        (swapped, r"You swapped the two classes: sensitivity is about the patients WITH pneumonia"),
+        (at_or_above, r"exactly the threshold \(0\.\d+\) too(.|\n)*\*above\* the threshold"),
+        (divided_by_all, r"You divided by all \d+ patients\. Sensitivity divides"),
+        (precision, r"that is the precision"),
+        (miss_rates, r"the miss rate \(1 - sensitivity\) and the false-alarm rate"),
+        (always_half, r"does not depend on `threshold`: it is the sensitivity and specificity at 0\.5"),
+        (below, r"flagged the patients \*below\* the threshold"),
+        (thresholds_in_place, r"changed `probabilities` in place"),
+        (returns_accuracy, r"it should return two numbers, \(sensitivity, specificity\)"),
+        (slightly_off, r"does not return the right \(sensitivity, specificity\)(.|\n)*labels        = \["),
+        (torch_only, r"`torch_only` raised AttributeError"),
+    ]
+
+
+def auc_mistakes():
+    def pairs(labels, probabilities):
+        return probabilities[labels == 1][:, None], probabilities[labels == 0][None, :]
+
+    def ties_ignored(labels, probabilities):
+        sick, normal = pairs(labels, probabilities)
+        return float((sick > normal).mean())
+
+    def ties_won(labels, probabilities):
+        sick, normal = pairs(labels, probabilities)
+        return float((sick >= normal).mean())
+
+    def one_minus(labels, probabilities):
+        return 1 - rank_auc(labels, probabilities)
+
+    def accuracy_at_half(labels, probabilities):
+        return float(np.mean((probabilities > 0.5) == (labels == 1)))
+
+    def auc_of_decisions(labels, probabilities):
+        return rank_auc(labels, (probabilities > 0.5).astype(float))
+
+    def all_pairs(labels, probabilities):
+        sick, normal = pairs(labels, probabilities)
+        wins = (sick > normal).sum() + 0.5 * (sick == normal).sum()
+        return float(wins / (len(labels) * (len(labels) - 1) / 2))
+
+    def n_squared(labels, probabilities):
+        sick, normal = pairs(labels, probabilities)
+        return float(((sick > normal).sum() + 0.5 * (sick == normal).sum()) / len(labels) ** 2)
+
+    def sorts_in_place(labels, probabilities):
+        probabilities.sort()
+        return rank_auc(labels, probabilities)
+
+    def returns_pair(labels, probabilities):
+        return rank_auc(labels, probabilities), 1 - rank_auc(labels, probabilities)
+
+    def mean_gap(labels, probabilities):
+        return float(probabilities[labels == 1].mean() - probabilities[labels == 0].mean() + 0.5)
+
+    return [
+        (ties_ignored, r"counted a tie \(a sick and a normal patient with the same probability\) as a loss"),
+        (ties_won, r"counted a tie (.|\n)* as a win"),
+        (one_minus, r"You returned 1 - AUC"),
+        (accuracy_at_half, r"You returned the accuracy at threshold 0\.5"),
+        (auc_of_decisions, r"AUC of the yes/no decisions at threshold 0\.5"),
+        (all_pairs, r"You divided by all \d+ pairs of patients"),
+        (n_squared, r"You divided by n\^2 = \d+"),
+        (sorts_in_place, r"changed `probabilities` in place"),
+        (returns_pair, r"it should return one number, the AUC"),
+        (mean_gap, r"does not return the AUC\.(.|\n)*the AUC is 0\.\d{4}"),
+    ]
+
+
 MISTAKES = {
+    "check_sensitivity_specificity": sensitivity_specificity_mistakes(),
+    "check_auc": auc_mistakes(),
     "check_weighted_average": weighted_average_mistakes(),
     "check_fedsgd_step": fedsgd_step_mistakes(),
     "check_aggregate_reported": aggregate_reported_mistakes(),
@@ -393,7 +527,7 @@ MISTAKE_CASES = [
 ]
 
 # Code the messages must never show: the package's implementations the checks compare with.
-REFERENCE_CODE = [fl.aggregate, fl.gradient_step, fl.partition_dirichlet, fl.Client.gradient,
+REFERENCE_CODE = [fl.training.classification_metrics, fl.roc_auc, fl.aggregate, fl.gradient_step, fl.partition_dirichlet, fl.Client.gradient,
                   checks._reference_bytes, checks._weighted_sum]
 
 
@@ -419,8 +553,13 @@ def assert_shows_no_code(message: str) -> None:
 
 
 def test_every_check_is_tested():
+    """Every public check has its reference and mistakes here, or its own tests/test_checks_*.py."""
     public = sorted(name for name in dir(checks) if name.startswith("check_"))
-    assert public == CHECK_NAMES
+    assert set(CHECK_NAMES) <= set(public), "a check tested here no longer exists"
+    elsewhere = "\n".join(path.read_text(encoding="utf-8")
+                          for path in Path(__file__).parent.glob("test_checks_*.py"))
+    untested = [name for name in public if name not in REFERENCES and name not in elsewhere]
+    assert not untested, f"checks without tests (add them here or to a tests/test_checks_*.py): {untested}"
 
 
 @pytest.mark.parametrize("name", CHECK_NAMES)
@@ -488,7 +627,8 @@ def test_bytes_reference_agrees_with_a_real_run():
             assert counted == (history.bytes_down[t], history.bytes_up[t])
 
 
-@pytest.mark.parametrize("name", ["check_weighted_average", "check_bytes_per_round", "check_dirichlet_partition"])
+@pytest.mark.parametrize("name", ["check_sensitivity_specificity", "check_auc", "check_weighted_average",
+                                  "check_bytes_per_round", "check_dirichlet_partition"])
 def test_check_leaves_global_random_state_alone(name):
     torch.manual_seed(123)
     np.random.seed(123)
