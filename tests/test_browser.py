@@ -56,6 +56,7 @@ HOW_TO_ENABLE = ("the browser test needs Debian's chromium and the playwright pa
 # The notebooks' settings cell (see the course's notebook style).
 DATA_SOURCE, SEED = "synthetic", 0
 
+SCROLL_PIXELS, SCROLL_ATTEMPTS = 600, 300  # enough for the longest notebook
 SERVER_START_TIMEOUT = 90      # s, until /api/status answers
 NOTEBOOK_TIMEOUT = 480         # s, to run all cells of one notebook (they run side by side)
 MOVE_TIMEOUT = 180             # s, for the kernel to answer one slider move
@@ -489,9 +490,28 @@ def wait_until_finished(page, panel_anchor: str) -> None:
 
 
 def find_panel(page, anchor: str):
+    """The panel whose slider is labelled ``anchor``, scrolled to as a person would.
+
+    JupyterLab takes cells far outside the window out of the page (windowed notebooks), and
+    "Run All" leaves the window at the notebook's end, so we scroll up with the mouse wheel
+    until the panel is there, then bring it to the top of the window.
+    """
     slider = page.locator(".widget-slider", has=page.locator("label.widget-label", has_text=anchor)).first
-    return slider.locator(
+    notebook = page.locator(".jp-NotebookPanel-notebook:visible").first
+    box = notebook.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(SCROLL_ATTEMPTS):
+        if slider.count():
+            break
+        page.mouse.wheel(0, -SCROLL_PIXELS)
+        page.wait_for_timeout(100)
+    panel = slider.locator(
         "xpath=ancestor::div[contains(@class, 'widget-vbox')][.//div[contains(@class, 'widget-output')]][1]")
+    # scrollIntoView from the page's side: Playwright's own scrolling first waits for the
+    # element to be visible, which a cell that is not laid out yet never is.
+    panel.evaluate("element => element.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
+    return panel
 
 
 def slider_of(panel, description: str):
