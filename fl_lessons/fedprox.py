@@ -26,6 +26,21 @@ from .models import get_flat_weights, set_flat_weights
 from .training import _check_sgd_settings, _sgd_step, full_batch_gradient, loss_fn
 
 
+def proximal_gradient(gradient: torch.Tensor, weights: torch.Tensor, anchor: torch.Tensor, mu: float) -> torch.Tensor:
+    """The gradient of F_k(w) + (mu / 2) ||w - w_t||^2: ``gradient + mu (weights - anchor)``.
+
+    Parameters
+    ----------
+    gradient : the gradient of the client's own loss F_k at ``weights``.
+    weights : w, the local model.
+    anchor : w_t, the global model the round started from.
+    mu : the proximal strength, >= 0.
+    """
+    # The gradient of (mu / 2) ||w - w_t||^2 is mu (w - w_t): it points away from w_t, so the
+    # step, which goes against it, pulls w back towards w_t.
+    return gradient + mu * (weights - anchor)
+
+
 def proximal_sgd_epochs(
     model: nn.Module,
     features: torch.Tensor,
@@ -66,8 +81,7 @@ def proximal_sgd_epochs(
         offset += parameter.numel()
 
     def with_proximal_term(gradients):
-        # The gradient of (mu / 2) ||w - w_t||^2 is mu (w - w_t).
-        return [gradient + mu * (parameter.detach() - start)
+        return [proximal_gradient(gradient, parameter.detach(), start, mu)
                 for gradient, parameter, start in zip(gradients, parameters, anchors)]
 
     full_batch = batch_size >= num_examples
@@ -175,6 +189,34 @@ def run_fedprox(
                           server_step, initial_weights, progress)
 
 
+def local_models(
+    clients: Sequence[ProxClient],
+    global_weights: torch.Tensor,
+    local_epochs: int,
+    batch_size: float,
+    lr: float,
+    mu: float = 0.0,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Each client's model after one round of local training from w_t: a ``(K, d)`` tensor.
+
+    Parameters
+    ----------
+    clients : the clients (each trains once from ``global_weights``).
+    global_weights : w_t.
+    local_epochs : L.
+    batch_size : B.
+    lr : eta.
+    mu : FedProx's proximal strength (0 = FedAvg's local training).
+    seed : seeds the minibatch order (client k uses the stream of round 1, client k).
+    """
+    rows = []
+    for k, client in enumerate(clients):
+        generator = federated._client_generator(seed, 1, k)
+        rows.append(client.train_proximal(global_weights, local_epochs, batch_size, lr, mu, generator).values)
+    return torch.stack(rows)
+
+
 def client_drift(
     clients: Sequence[ProxClient],
     global_weights: torch.Tensor,
@@ -196,9 +238,5 @@ def client_drift(
     mu : FedProx's proximal strength (0 = FedAvg's local training).
     seed : seeds the minibatch order (client k uses the stream of round 1, client k).
     """
-    distances = []
-    for k, client in enumerate(clients):
-        generator = federated._client_generator(seed, 1, k)
-        update = client.train_proximal(global_weights, local_epochs, batch_size, lr, mu, generator)
-        distances.append(float(torch.linalg.vector_norm(update.values - global_weights)))
-    return np.array(distances)
+    models = local_models(clients, global_weights, local_epochs, batch_size, lr, mu, seed)
+    return torch.linalg.vector_norm(models - global_weights, dim=1).numpy().astype(float)
