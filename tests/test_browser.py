@@ -62,9 +62,10 @@ NOTEBOOK_TIMEOUT = 480         # s, to run all cells of one notebook (they run s
 MOVE_TIMEOUT = 180             # s, for the kernel to answer one slider move
 MIN_TRACK_WIDTH = 100          # px; a shorter slider cannot be set by mouse with any precision
 
-PANEL_CLASSES = ("FedAvgPanel", "EquivalencePanel")
+PANEL_CLASSES = ("FedAvgPanel", "EquivalencePanel", "LabelSkewPanel")
 # Each panel is found by the description of one of its sliders.
-PANEL_ANCHOR = {"FedAvgPanel": "rounds N", "EquivalencePanel": "local steps L"}
+PANEL_ANCHOR = {"FedAvgPanel": "rounds N", "EquivalencePanel": "local steps L",
+                "LabelSkewPanel": "Dirichlet alpha"}
 FEDAVG_SLIDERS = {"N": "rounds N", "L": "local epochs L", "K": "clients K",
                   "C": "fraction C", "B": "batch B"}
 FEDAVG_FIELDS = {"N": "num_rounds", "L": "local_epochs", "K": "num_clients"}
@@ -73,6 +74,11 @@ EQUIVALENCE_SLIDERS = {"L": "local steps L", "alpha": "alpha"}
 # the panel starts at L = 3, alpha = 1 (position 0).
 ALPHA_BASE, ALPHA_STEP = 10.0, 0.25
 EQUIVALENCE_START = (3, 0.0)
+# LabelSkewPanel (notebook 06): a SelectionSlider over heterogeneity.ALPHAS; its position is
+# the index of alpha. Notebook 06 builds it with these settings, starting at alpha = 0.1.
+LABEL_SKEW_SLIDERS = {"alpha": "Dirichlet alpha"}
+LABEL_SKEW_SETTINGS_CODE = "het.SkewSettings(local_epochs=2)"
+LABEL_SKEW_START_ALPHA = 0.1
 
 # The moves, in order: (slider, how, steps). Every slider goes once by keyboard and once by
 # mouse; a move to the right is flipped to the left where the slider has no room.
@@ -81,6 +87,7 @@ FEDAVG_MOVES = (("N", "keyboard", +1), ("N", "mouse", +4), ("L", "mouse", +1),
                 ("L", "keyboard", -1), ("K", "keyboard", +1), ("K", "mouse", -1))
 EQUIVALENCE_MOVES = (("L", "keyboard", +1), ("alpha", "mouse", +1),
                      ("L", "mouse", -1), ("alpha", "keyboard", -1))
+LABEL_SKEW_MOVES = (("alpha", "keyboard", +1), ("alpha", "mouse", -1))
 
 STDOUT = '.jp-RenderedText[data-mime-type="application/vnd.jupyter.stdout"]'
 STDERR = '.jp-RenderedText[data-mime-type="application/vnd.jupyter.stderr"]'
@@ -179,6 +186,50 @@ def expected_equivalence_summaries(points: list[tuple[int, float]]) -> list[str]
         gaps = panel.gap_curve(alpha)
         summaries.append(f"alpha={alpha:.2g}, L={local_steps}: relative gap {gaps[local_steps - 1]:.3f}")
     return summaries
+
+
+def label_skew_settings():
+    """The settings notebook 06 gives its LabelSkewPanel (the test fails if the notebook changes them)."""
+    from fl_lessons import heterogeneity as het
+
+    return het.SkewSettings(local_epochs=2)
+
+
+def expected_label_skew_summaries(points: list[tuple[int]]) -> list[str]:
+    """LabelSkewPanel's printed line at each slider position, from label_skew_experiment.
+
+    Parameters
+    ----------
+    points : (position,) tuples; alpha = heterogeneity.ALPHAS[position].
+    """
+    import math
+
+    import torch
+
+    import fl_lessons as fl
+    from fl_lessons import heterogeneity as het
+
+    torch.set_num_threads(1)
+    settings = label_skew_settings()
+    small = settings.small_copy(fl.load_hospitals(DATA_SOURCE, seed=SEED))
+    iid_history = het.label_skew_experiment(small, math.inf, settings)[1]
+    runs = {}
+    summaries = []
+    for (position,) in points:
+        alpha = het.ALPHAS[int(position)]
+        if alpha not in runs:
+            runs[alpha] = het.label_skew_experiment(small, alpha, settings)
+        counts, history = runs[alpha]
+        summaries.append(het.summarize_skew(alpha, counts, history, iid_history))
+    return summaries
+
+
+def default_label_skew_points() -> list[tuple[int]]:
+    from fl_lessons.heterogeneity import ALPHAS
+
+    start = ALPHAS.index(LABEL_SKEW_START_ALPHA)
+    plan = planned_moves(LABEL_SKEW_MOVES, {"alpha": start}, {"alpha": (0, len(ALPHAS) - 1)}, {"alpha": 1})
+    return [(start,)] + [(after["alpha"],) for *_, after in plan]
 
 
 def default_fedavg_settings_list() -> list[PanelSettings]:
@@ -282,6 +333,8 @@ def worker_main(arguments: list[str]) -> None:
     panel_class, points = arguments[0], json.loads(arguments[1])
     if panel_class == "FedAvgPanel":
         lines = expected_fedavg_summaries([PanelSettings(**point) for point in points])
+    elif panel_class == "LabelSkewPanel":
+        lines = expected_label_skew_summaries([tuple(point) for point in points])
     else:
         lines = expected_equivalence_summaries([tuple(point) for point in points])
     print(json.dumps(lines))
@@ -294,7 +347,8 @@ def expectations(playwright_api):
     They are computed while the notebooks run; a panel that starts elsewhere asks again.
     """
     jobs = {"EquivalencePanel": ExpectedLines("EquivalencePanel", default_equivalence_points()),
-            "FedAvgPanel": ExpectedLines("FedAvgPanel", default_fedavg_settings_list())}
+            "FedAvgPanel": ExpectedLines("FedAvgPanel", default_fedavg_settings_list()),
+            "LabelSkewPanel": ExpectedLines("LabelSkewPanel", default_label_skew_points())}
     extra = []
     yield jobs, extra
     for job in list(jobs.values()) + extra:
@@ -329,6 +383,11 @@ def jupyter(tmp_path_factory, playwright_api):
     notification = home / "jupyter-config/lab/user-settings/@jupyterlab/apputils-extension"
     notification.mkdir(parents=True)
     (notification / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    # Every cell in the page, laid out: JupyterLab's windowed notebooks take cells far outside
+    # the window out of the page, where neither a person nor this test could see an error.
+    tracker = home / "jupyter-config/lab/user-settings/@jupyterlab/notebook-extension"
+    tracker.mkdir(parents=True)
+    (tracker / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
 
     port = free_port()
     command = [sys.executable, "-m", "jupyterlab", "--no-browser", f"--port={port}",
@@ -476,17 +535,21 @@ def page_problems(page) -> list[str]:
 def wait_until_finished(page, panel_anchor: str) -> None:
     """Wait until every cell has run and the panel shows its figure; fail on any error."""
     running = page.locator(".jp-Notebook .jp-InputPrompt", has_text="[*]")
-    picture = find_panel(page, panel_anchor).locator(".widget-output img")
+    status = page.locator("#jp-main-statusbar")
     deadline = time.monotonic() + NOTEBOOK_TIMEOUT
-    while True:
+    idle_polls = 0
+    while idle_polls < 2:  # idle twice in a row: not just between two cells
         problems = page_problems(page)
         assert not problems, "\n".join(problems)
-        if picture.count() and not running.count():
-            return
+        idle = not running.count() and re.search(r"\|\s*Idle", status.inner_text())
+        idle_polls = idle_polls + 1 if idle else 0
         assert time.monotonic() < deadline, (
-            f"the notebook did not finish within {NOTEBOOK_TIMEOUT} s "
-            f"({running.count()} cells still running, panel figure shown: {bool(picture.count())})")
+            f"the notebook did not finish within {NOTEBOOK_TIMEOUT} s ({running.count()} cells still running)")
         time.sleep(1)
+    picture = find_panel(page, panel_anchor).locator(".widget-output img")
+    picture.first.wait_for(timeout=30_000)
+    problems = page_problems(page)
+    assert not problems, "\n".join(problems)
 
 
 def find_panel(page, anchor: str):
@@ -678,7 +741,32 @@ def check_equivalence_panel(page, expectations, screenshot: Path) -> None:
                screenshot=screenshot)
 
 
-CHECKS = {"FedAvgPanel": check_fedavg_panel, "EquivalencePanel": check_equivalence_panel}
+def check_label_skew_panel(page, expectations, screenshot: Path) -> None:
+    """LabelSkewPanel: alpha moved by keyboard and by mouse (its stops are heterogeneity.ALPHAS)."""
+    from fl_lessons.heterogeneity import ALPHAS
+
+    notebook_code = "\n".join(
+        "".join(cell["source"]) for cell in json.loads((NOTEBOOK_DIR / "06_when_hospitals_differ.ipynb")
+                                                     .read_text(encoding="utf-8"))["cells"])
+    assert LABEL_SKEW_SETTINGS_CODE in notebook_code, (
+        f"notebook 06 no longer builds its panel with {LABEL_SKEW_SETTINGS_CODE}: "
+        "update label_skew_settings() in this test to match")
+    panel = find_panel(page, PANEL_ANCHOR["LabelSkewPanel"])
+    alpha = float(readout(panel, LABEL_SKEW_SLIDERS["alpha"]))
+    position = ALPHAS.index(alpha)
+    positions = {"alpha": position}
+    plan = planned_moves(LABEL_SKEW_MOVES, positions, slider_ranges(panel, LABEL_SKEW_SLIDERS), {"alpha": 1})
+    points = [(position,)] + [(int(after["alpha"]),) for *_, after in plan]
+    expected = expected_lines(expectations, "LabelSkewPanel", points)
+
+    check_start(panel, expected[0], f"alpha={alpha:g}")
+    assert_long_enough(panel, list(LABEL_SKEW_SLIDERS.values()))
+    make_moves(page, panel, positions, plan, expected[1:], LABEL_SKEW_SLIDERS,
+               reads_as=lambda name, position: ALPHAS[int(position)], screenshot=screenshot)
+
+
+CHECKS = {"FedAvgPanel": check_fedavg_panel, "EquivalencePanel": check_equivalence_panel,
+          "LabelSkewPanel": check_label_skew_panel}
 
 
 def kernel_of(jupyter, notebook: str):
