@@ -1,6 +1,6 @@
 """How fast is the course's federated simulator? Figures measured side by side in one run.
 
-Run from the repository root (about 4 minutes on a 2-core laptop; ``--quick``: about 1):
+Run from the repository root (about 7 minutes on a quiet 2-core laptop; ``--quick``: about 1):
 
     .venv/bin/python benchmarks/run.py            # prints the tables, writes benchmarks/results.md
     .venv/bin/python benchmarks/run.py --quick    # fewer repeats, no notebooks: a smoke run
