@@ -1,4 +1,9 @@
-"""How the test suite compares a notebook's printed figures that come out of SGD training.
+"""Settings the whole test suite shares: one torch thread, and how trained figures are compared.
+
+Every unit-test module runs on one torch thread (the ``one_torch_thread`` fixture). The
+course's models are tiny: a second thread gains nothing, and on a busy 2-core machine threads
+spin-waiting for each other make them many times slower. The notebooks' committed outputs
+were computed with one thread too.
 
 nbval re-runs every notebook and compares the cells marked ``# NBVAL_CHECK_OUTPUT`` with
 the committed outputs, character for character. That is right for everything exact (sizes,
@@ -26,10 +31,23 @@ from __future__ import annotations
 import math
 import re
 
+import pytest
+import torch
+
 try:
     from nbval.plugin import IPyNbCell, transform_streams_for_comparison
 except ImportError:  # nbval is in the test extra; without it there are no notebook tests
     IPyNbCell = None
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """One torch thread in every test module, restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 
 TOLERANCE_MARKER = re.compile(r"^\s*#\s*NBVAL_TOLERANCE\s+([0-9.]+(?:[eE][-+]?\d+)?)\b", re.MULTILINE)
 # A number (integer, decimal or scientific) or a run of other non-space characters.

@@ -15,7 +15,6 @@ scanner (brightness, contrast, blur, noise, positioning). It is deterministic fr
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path

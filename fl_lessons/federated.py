@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import HospitalData
-from .models import get_flat_weights, model_size_bytes, num_parameters, set_flat_weights
+from .models import get_flat_weights, model_size_bytes, set_flat_weights
 from .training import DEFAULT_BATCH_SIZE, DEFAULT_LR, Metrics, evaluate, full_batch_gradient, sgd_epochs
 
 

@@ -22,15 +22,6 @@ from fl_lessons import checks
 from fl_lessons.student import CODE_STUB
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from parallel threads on a busy machine; restore afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------------------------------
 # Reference solutions, written with the package, as a teacher would
 # ---------------------------------------------------------------------------------------

@@ -33,19 +33,6 @@ EXACT = 1e-12
 LR = 0.3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's tiny models on one thread, then restore the setting.
-
-    On a busy machine torch's worker threads spin-wait for each other, which makes models
-    this small many times slower than on one thread.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pooled64() -> tuple[torch.Tensor, torch.Tensor]:
     """120 float64 chest X-rays (both classes) from three small synthetic hospitals."""

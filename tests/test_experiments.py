@@ -21,15 +21,6 @@ from fl_lessons.fedprox import ProxClient, client_drift, make_prox_clients, run_
 from fl_lessons.training import loss_fn
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine they lose a lot."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_data() -> fl.HospitalData:
     specs = [HospitalSpec("A", 40, 10, 0.4), HospitalSpec("B", 30, 10, 0.3), HospitalSpec("C", 20, 10, 0.6)]

@@ -25,19 +25,6 @@ SIZES = (40, 25, 15)
 EXACT = dict(rtol=0.0, atol=1e-12)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Run this module's tiny models on one thread, then restore the setting.
-
-    Models this small gain nothing from parallel threads, and on a busy 2-core machine torch's
-    worker threads spin-waiting for each other made this module ten times slower.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def data() -> fl.HospitalData:
     specs = [

@@ -14,14 +14,6 @@ from fl_lessons import HospitalSpec
 from fl_lessons import heterogeneity as het
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_data() -> fl.HospitalData:
     specs = [HospitalSpec("A", 60, 12, 0.4), HospitalSpec("B", 24, 10, 0.3), HospitalSpec("C", 12, 8, 0.6)]

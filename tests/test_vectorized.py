@@ -28,15 +28,6 @@ SIZES = (23, 12, 5, 9)
 TIGHT = dict(rtol=0.0, atol=1e-10)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models on one thread: on a busy machine spin-waiting threads make them slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def data() -> fl.HospitalData:
     specs = [HospitalSpec(name, size, 0, 0.4) for name, size in zip("ABCD", SIZES)]
