@@ -355,15 +355,14 @@ def test_torch_threads_restores_the_previous_count():
             pass
 
 
+CROSS_CPU_TOLERANCE = 0.1
+
+
 @pytest.mark.parametrize("name, partition", [("FedAvg L=5, B=10", "iid"), ("FedAvg L=5, B=10", "shards"),
                                              ("FedSGD", "iid")])
 def test_committed_curves_match_a_fresh_run(committed, name, partition):
     here = (ex.cpu_capability(), ex.cpu_model())
-    if (committed["cpu_capability"], committed["cpu_model"]) != here:
-        # Other kernels add in another order; the curves then agree only approximately, and a
-        # chaotic run amplifies that, so an exact comparison would say nothing about staleness.
-        pytest.skip(f"results/table2.json was made on {committed['cpu_model']} with {committed['cpu_capability']} "
-                    f"kernels, this is {here[1]} with {here[0]}: an exact replay needs the same kernels.")
+    same_kernels = (committed["cpu_capability"], committed["cpu_model"]) == here
     index = next(i for i, row in enumerate(committed["records"])
                  if row["name"] == name and row["partition"] == partition)
     row = committed["records"][index]
@@ -373,8 +372,16 @@ def test_committed_curves_match_a_fresh_run(committed, name, partition):
     stored = next(t for t in row["trials"] if t["lr"] == row["lr"])
     keep = [i for i, t in enumerate(stored["rounds"]) if t <= num_rounds]
     assert rounds == [stored["rounds"][i] for i in keep]
-    assert accuracy == [stored["accuracy"][i] for i in keep], (
-        "A fresh run no longer matches results/table2.json; regenerate it with "
+    expected = [stored["accuracy"][i] for i in keep]
+    if not same_kernels:
+        # Other kernels add floats in another order and a few rounds of SGD amplify that:
+        # measured up to 0.06 after 5 rounds with torch's plain (non-vectorized) kernels. So on
+        # another CPU only a coarse check is possible; it still catches other data, another
+        # model or another split. On the CPU that made the file, the replay must be exact.
+        expected = pytest.approx(expected, abs=CROSS_CPU_TOLERANCE)
+    assert accuracy == expected, (
+        f"A fresh run no longer matches results/table2.json (made on {committed['cpu_model']} with "
+        f"{committed['cpu_capability']} kernels; this is {here[1]} with {here[0]}); regenerate it with "
         "python -m fl_lessons.experiments table2")
 
 
