@@ -384,7 +384,11 @@ def learning_rates(lr_grid: Sequence[float] | Mapping[str, Sequence[float]], set
         unknown = sorted(set(lr_grid) - set(LR_GRID_KEYS))
         if unknown:
             raise ValueError(f"Unknown learning-rate grid keys {unknown}; use {LR_GRID_KEYS}.")
-        rates = lr_grid["full-batch" if setting.batch_size == math.inf else "minibatch"]
+        kind = "full-batch" if setting.batch_size == math.inf else "minibatch"
+        if kind not in lr_grid:
+            raise ValueError(f"The learning-rate grid has no {kind!r} rates, which {setting.name} needs; "
+                             f"give both keys {LR_GRID_KEYS}, or one list for every setting.")
+        rates = lr_grid[kind]
     else:
         rates = lr_grid
     rates = [float(lr) for lr in rates]
@@ -432,8 +436,9 @@ def sweep(
     alpha : the Dirichlet concentration of the ``"dirichlet"`` split.
     shards_per_client : s for the ``"shards"`` split.
     stop_at_target : end each run once it reaches the target (saves most of the time).
-    prune : once a rate has reached the target in r rounds, run the setting's other rates for
-        at most ceil(r) rounds: beyond that they cannot win, so the choice is unchanged.
+    prune : once a rate has reached the target in r rounds, run the setting's other rates only
+        up to the first evaluated round at or after r: beyond it they cannot win, and up to it
+        they are evaluated exactly as a full run would be, so the choice is unchanged.
     progress : show one progress bar over all runs.
 
     Every run starts from the same w_0, so the settings differ only in what they set. The
@@ -456,8 +461,11 @@ def sweep(
         num_rounds = setting.num_rounds
         reached = [t.rounds_to_target for t in trials[setting] if t.rounds_to_target is not None]
         if prune and reached:
-            # A rate still short of the target at the best rate's round can no longer win.
-            num_rounds = min(num_rounds, math.ceil(min(reached)))
+            # A rate still short of the target at the best rate's round can no longer win. The
+            # cap is rounded up to the evaluation grid: an extra evaluation off the grid would
+            # give the pruned run a finer look at its crossing than the full run would have.
+            every = setting.eval_every
+            num_rounds = min(num_rounds, every * math.ceil(min(reached) / every))
         config = FedConfig(num_rounds=num_rounds, local_epochs=setting.local_epochs,
                            batch_size=setting.batch_size, lr=lr, client_fraction=setting.client_fraction,
                            seed=seed, eval_every=setting.eval_every)

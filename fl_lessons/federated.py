@@ -303,17 +303,26 @@ ServerStep = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 RoundStep = Callable[[torch.Tensor, int, list[int]], list[ClientUpdate]]
 
 
-def resolve_engine(config: FedConfig, model: nn.Module) -> str:
+def resolve_engine(config: FedConfig, model: nn.Module, clients: Sequence[Client] = ()) -> str:
     """``"loop"`` or ``"vectorized"``: the engine a run with this config and model uses.
 
     Parameters
     ----------
     config : its ``engine`` is ``"auto"``, ``"loop"`` or ``"vectorized"``.
     model : the workspace module; ``"auto"`` vectorizes when its weights are on a GPU.
+    clients : the run's clients. The vectorized engine computes what a plain :class:`Client`
+        computes; clients of a subclass that changes it (FedProx's, or one that reports
+        n_k = 1) need the loop, which calls their own methods.
     """
+    plain = all(type(client) is Client for client in clients)
+    if config.engine == "vectorized" and not plain:
+        kinds = sorted({type(client).__name__ for client in clients if type(client) is not Client})
+        raise ValueError(
+            f"engine='vectorized' computes plain Client updates, but these clients are {kinds}, "
+            "which compute their own: use engine='loop' (or 'auto', which picks it for them).")
     if config.engine != "auto":
         return config.engine
-    return "vectorized" if next(model.parameters()).is_cuda else "loop"
+    return "vectorized" if plain and next(model.parameters()).is_cuda else "loop"
 
 
 def _client_generator(seed: int, round_index: int, client_index: int) -> torch.Generator:
@@ -423,7 +432,7 @@ def run_fedsgd(
         engine = VectorizedEngine(run_clients, model)
         return lambda weights, round_index, reported: engine.fedsgd_round(weights, reported)
 
-    vectorized = resolve_engine(config, model) == "vectorized"
+    vectorized = resolve_engine(config, model, clients) == "vectorized"
     return _run("FedSGD", clients, model, test_x, test_y, config, client_step, server_step,
                 initial_weights, progress, make_round_step if vectorized else None)
 
@@ -468,7 +477,7 @@ def run_fedavg(
 
         return round_step
 
-    vectorized = resolve_engine(config, model) == "vectorized"
+    vectorized = resolve_engine(config, model, clients) == "vectorized"
     return _run("FedAvg", clients, model, test_x, test_y, config, client_step, server_step,
                 initial_weights, progress, make_round_step if vectorized else None)
 

@@ -77,7 +77,12 @@ class SkewSettings:
     test_size: int = 400
 
     def small_copy(self, data: HospitalData) -> HospitalData:
-        """The smaller copy of the hospitals the panel works on (first images of each)."""
+        """The smaller copy of the hospitals the panel works on (first images of each).
+
+        Parameters
+        ----------
+        data : the full hospitals.
+        """
         return panel_data(data, PanelLimits(train_per_hospital=self.train_per_hospital,
                                             test_size=self.test_size, seed=self.seed))
 
@@ -131,7 +136,15 @@ def _consecutive_parts(sizes: list[int]) -> list[np.ndarray]:
 
 
 def summarize_skew(alpha: float, counts: np.ndarray, history: History, iid_history: History) -> str:
-    """One printed line: the most one-sided hospital and both runs' final accuracy."""
+    """One printed line: the most one-sided hospital and both runs' final accuracy.
+
+    Parameters
+    ----------
+    alpha : the Dirichlet concentration of the split.
+    counts : ``(K, 2)`` normal and pneumonia images per hospital.
+    history : FedAvg on that split.
+    iid_history : the same run on an IID split, for comparison.
+    """
     shares = counts[:, 1] / counts.sum(axis=1)
     one_sided = float(np.max(np.maximum(shares, 1 - shares)))
     return (f"alpha={alpha:g}: most one-sided hospital {one_sided:.0%} one class; "
@@ -140,7 +153,15 @@ def summarize_skew(alpha: float, counts: np.ndarray, history: History, iid_histo
 
 
 def plot_skew(alpha: float, counts: np.ndarray, history: History, iid_history: History):
-    """Label mix per hospital (left) and FedAvg's learning curve against the IID split (right)."""
+    """Label mix per hospital (left) and FedAvg's learning curve against the IID split (right).
+
+    Parameters
+    ----------
+    alpha : the Dirichlet concentration of the split.
+    counts : ``(K, 2)`` normal and pneumonia images per hospital.
+    history : FedAvg on that split.
+    iid_history : the same run on an IID split.
+    """
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), layout="constrained")
     plot_label_mix(counts, [f"H{k + 1}" for k in range(len(counts))], ax=left,
                    title=f"Label mix, Dirichlet alpha = {alpha:g}")
@@ -184,7 +205,12 @@ class LabelSkewPanel:
         self.update()
 
     def result(self, alpha: float) -> tuple[np.ndarray, History]:
-        """Label counts and FedAvg run at this alpha (from the cache when seen before)."""
+        """Label counts and FedAvg run at this alpha (from the cache when seen before).
+
+        Parameters
+        ----------
+        alpha : one of :data:`ALPHAS`.
+        """
         if alpha not in self._cache:
             self._cache[alpha] = label_skew_experiment(self.data, alpha, self.settings)
         return self._cache[alpha]
@@ -237,12 +263,9 @@ def drift_table(
     for alpha in alphas:
         split = label_skew_split(data, alpha, settings)
         clients = [ProxClient(h.train_x, h.train_y, model, h.name) for h in split.hospitals]
-        models = local_models(clients, start, 1, settings.batch_size, settings.lr, mu, settings.seed)
-        weights = torch.tensor([c.num_examples for c in clients], dtype=models.dtype)
         for epochs in local_epochs:
-            if epochs != 1:
-                models = local_models(clients, start, epochs, settings.batch_size, settings.lr, mu,
-                                      settings.seed)
+            models = local_models(clients, start, epochs, settings.batch_size, settings.lr, mu, settings.seed)
+            weights = torch.tensor([c.num_examples for c in clients], dtype=models.dtype)
             average = (weights[:, None] * models).sum(dim=0) / weights.sum()
             moved = torch.linalg.vector_norm(models - start, dim=1).mean()
             spread = torch.linalg.vector_norm(models - average, dim=1).mean()

@@ -253,14 +253,22 @@ def test_sweep_tries_every_rate_and_keeps_the_best(tiny_data):
     assert records[0].megabytes_per_round == 2 * 3 * fl.model_size_bytes(fl.make_model("cnn")) / 1e6
 
 
+def test_a_grid_without_the_rates_a_row_needs_is_a_clear_error():
+    fedsgd = ex.Setting("FedSGD", 1, math.inf, partition="iid")
+    with pytest.raises(ValueError, match="no 'full-batch' rates, which FedSGD needs"):
+        ex.learning_rates({"minibatch": [0.1]}, fedsgd)
+
+
 def test_trial_order_starts_in_the_middle_of_the_grid():
     assert ex.trial_order([1.0, 0.25, 0.5]) == [0.5, 0.25, 1.0]
     assert ex.trial_order([0.1, 0.2]) == [0.2, 0.1]
     assert ex.trial_order([0.3]) == [0.3]
 
 
-def test_pruning_saves_rounds_without_changing_the_choice(tiny_data):
-    setting = ex.Setting("FedAvg", 2, 8, partition="iid", num_rounds=6, client_fraction=0.5)
+@pytest.mark.parametrize("eval_every", [1, 3])
+def test_pruning_saves_rounds_without_changing_the_choice(tiny_data, eval_every):
+    setting = ex.Setting("FedAvg", 2, 8, partition="iid", num_rounds=8, client_fraction=0.5,
+                         eval_every=eval_every)
     grid = [0.05, 0.1, 0.2, 0.4]
     unreachable = ex.sweep([setting], grid, tiny_data, target=1.01, num_clients=6, progress=False)[0]
     # A target that at least two rates reach, so the choice between them is a real one.
@@ -271,6 +279,8 @@ def test_pruning_saves_rounds_without_changing_the_choice(tiny_data):
     assert (pruned.lr, pruned.rounds_to_target) == (full.lr, full.rounds_to_target)
     assert all(p.rounds_run <= f.rounds_run for p, f in zip(pruned.trials, full.trials))
     for p, f in zip(pruned.trials, full.trials):
+        # A pruned run is looked at on the full run's evaluation grid, never in between.
+        assert p.rounds == f.rounds[: len(p.rounds)]
         assert p.accuracy == f.accuracy[: len(p.accuracy)]
 
 

@@ -62,6 +62,8 @@ def test_drift_grows_with_local_epochs_and_a_proximal_term_holds_it_back(tiny_da
         assert free[alpha, 4][0] > free[alpha, 1][0] > 0
         assert free[alpha, 1][1] > 0
     assert pulled[0.1, 4][0] < free[0.1, 4][0]
+    # Each row comes from its own L, whatever the order we ask for them in.
+    assert het.drift_table(tiny_data, (0.1,), (4, 1), settings) == {key: free[key] for key in [(0.1, 4), (0.1, 1)]}
 
 
 def test_scaled_copy_keeps_the_size_ratios_and_leaves_the_original_alone(tiny_data):

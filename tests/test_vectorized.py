@@ -137,6 +137,19 @@ def test_auto_engine_is_the_loop_on_cpu_and_explicit_choices_stand():
     assert resolve_engine(fl.FedConfig(engine="loop"), model) == "loop"
 
 
+def test_clients_that_compute_their_own_updates_never_run_vectorized(data):
+    from fl_lessons.heterogeneity import EqualWeightClient
+
+    model, clients, test_x, test_y = float64_setup(data)
+    equal = [EqualWeightClient(c._features, c._labels, model, c.name) for c in clients]
+    # The vectorized engine would train each on n_k = 1 image: refuse, and let "auto" loop.
+    with pytest.raises(ValueError, match="EqualWeightClient.*engine='loop'"):
+        fl.run_fedavg(equal, model, test_x, test_y, fl.FedConfig(num_rounds=1, engine="vectorized"),
+                      progress=False)
+    assert resolve_engine(fl.FedConfig(), model, equal) == "loop"
+    assert resolve_engine(fl.FedConfig(engine="vectorized"), model, clients) == "vectorized"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_vectorized_on_cuda_equals_loop_on_cpu(data):
     model, clients, _, _ = float64_setup(data)

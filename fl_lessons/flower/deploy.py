@@ -65,6 +65,9 @@ APP_DIR = Path(__file__).resolve().parent
 HOST = "127.0.0.1"
 CONNECTION_NAME = "loopback"
 FLOWER_ENVIRONMENT = {
+    # One torch thread, as in run_fedavg's tests and notebooks: the same float sums, and no
+    # spin-waiting threads when a dozen processes share a few cores.
+    "OMP_NUM_THREADS": "1",
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -118,6 +121,10 @@ def process_memory_bytes(process: psutil.Process) -> int:
 
     PSS splits each shared page (Python, PyTorch, Flower's libraries) among the processes
     that map it, so summing it over many processes does not count those pages many times.
+
+    Parameters
+    ----------
+    process : the process to measure.
     """
     try:
         info = process.memory_full_info()

@@ -60,6 +60,7 @@ class EveryHospitalFedAvg(FedAvg):
         # them. weighted_by_key keeps Flower's default, "num-examples" (NUM_EXAMPLES_KEY).
         super().__init__(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=num_hospitals,
                          min_available_nodes=num_hospitals)
+        self.num_hospitals = num_hospitals
         self.reported: list[int] = []
 
     def aggregate_train(self, server_round, replies):
@@ -71,6 +72,14 @@ class EveryHospitalFedAvg(FedAvg):
                 f"Round {server_round}: {len(failed)} of {len(replies)} hospitals failed, so this "
                 f"would no longer be FedAvg over every hospital. Their ClientApps said: {reasons}"
             )
+        ids = sorted(int(reply.content[HOSPITAL_RECORD_KEY][HOSPITAL_ID_KEY]) for reply in replies)
+        if ids != list(range(self.num_hospitals)):
+            # Flower hands over the replies that arrived in time; a missing or a doubled hospital
+            # would quietly make this another average than FedAvg over every hospital.
+            raise RuntimeError(
+                f"Round {server_round}: replies came from hospitals {ids}, not from each of "
+                f"0..{self.num_hospitals - 1} exactly once, so this would no longer be FedAvg over "
+                "every hospital. Check that every SuperNode runs and has its own hospital-id.")
         self.reported.append(len(replies))
         in_hospital_order = sorted(
             replies, key=lambda reply: int(reply.content[HOSPITAL_RECORD_KEY][HOSPITAL_ID_KEY]))
