@@ -23,7 +23,7 @@ from . import federated
 from .data import HospitalData
 from .federated import Client, ClientUpdate, FedConfig, History
 from .models import get_flat_weights, set_flat_weights
-from .training import _check_sgd_settings, _sgd_step, full_batch_gradient, loss_fn
+from .training import sgd_epochs
 
 
 def proximal_gradient(gradient: torch.Tensor, weights: torch.Tensor, anchor: torch.Tensor, mu: float) -> torch.Tensor:
@@ -67,12 +67,8 @@ def proximal_sgd_epochs(
 
     Returns the mean data loss F_k of each epoch (the proximal term is not included).
     """
-    _check_sgd_settings(epochs, batch_size, lr)
     if not mu >= 0:
         raise ValueError(f"The proximal strength mu must be >= 0, got {mu}.")
-    num_examples = labels.shape[0]
-    if num_examples == 0:
-        raise ValueError("Cannot train on an empty dataset (no examples): give the model some data.")
     parameters = list(model.parameters())
     anchors = []
     offset = 0
@@ -84,25 +80,9 @@ def proximal_sgd_epochs(
         return [proximal_gradient(gradient, parameter.detach(), start, mu)
                 for gradient, parameter, start in zip(gradients, parameters, anchors)]
 
-    full_batch = batch_size >= num_examples
-    step = int(min(batch_size, num_examples))
-    epoch_losses = []
-    for _ in range(epochs):
-        if full_batch:
-            gradients, epoch_loss = full_batch_gradient(model, features, labels)
-            _sgd_step(parameters, with_proximal_term(gradients), lr)
-            epoch_losses.append(epoch_loss)
-        else:
-            order = torch.randperm(num_examples, generator=generator)
-            loss_sum = 0.0
-            for start in range(0, num_examples, step):
-                batch = order[start:start + step]
-                loss = loss_fn(model, features[batch], labels[batch])
-                gradients = torch.autograd.grad(loss, parameters)
-                _sgd_step(parameters, with_proximal_term(gradients), lr)
-                loss_sum += loss.item() * batch.shape[0]
-            epoch_losses.append(loss_sum / num_examples)
-    return epoch_losses
+    # The same SGD loop as every other client: same checks, same batches, same steps.
+    return sgd_epochs(model, features, labels, epochs, batch_size, lr, generator,
+                      adjust_gradients=with_proximal_term)
 
 
 class ProxClient(Client):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -101,6 +102,7 @@ def sgd_epochs(
     lr: float,
     generator: torch.Generator | None = None,
     progress: tqdm | None = None,
+    adjust_gradients: Callable[[Sequence[torch.Tensor]], Sequence[torch.Tensor]] | None = None,
 ) -> list[float]:
     """Plain minibatch SGD, in place on ``model``: the loop a FedAvg client runs locally.
 
@@ -113,6 +115,8 @@ def sgd_epochs(
     lr : the learning rate eta.
     generator : shuffles the minibatches; seed it for reproducible runs.
     progress : an optional tqdm bar, advanced once per epoch.
+    adjust_gradients : changes each step's gradients (one per parameter) before the step;
+        FedProx adds its proximal term here (notebook 06). None: plain SGD.
 
     Returns the mean training loss of each epoch (over the minibatches, weighted by size).
     """
@@ -128,6 +132,8 @@ def sgd_epochs(
         if full_batch:
             # One gradient-descent step on all the data: no shuffle needed.
             gradients, epoch_loss = full_batch_gradient(model, features, labels)
+            if adjust_gradients is not None:
+                gradients = adjust_gradients(gradients)
             _sgd_step(parameters, gradients, lr)
             epoch_losses.append(epoch_loss)
         else:
@@ -136,7 +142,10 @@ def sgd_epochs(
             for start in range(0, num_examples, step):
                 batch = order[start:start + step]
                 loss = loss_fn(model, features[batch], labels[batch])
-                _sgd_step(parameters, torch.autograd.grad(loss, parameters), lr)
+                gradients = torch.autograd.grad(loss, parameters)
+                if adjust_gradients is not None:
+                    gradients = adjust_gradients(gradients)
+                _sgd_step(parameters, gradients, lr)
                 loss_sum += loss.item() * batch.shape[0]
             epoch_losses.append(loss_sum / num_examples)
         if progress is not None:
