@@ -12,7 +12,6 @@ hospital k's process. This module needs no Flower: it is plain ``fl_lessons``.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import replace
 
 import numpy as np
@@ -28,6 +27,7 @@ from ..data import (
     make_hospitals,
     render_chest_xrays,
 )
+from ..federated import _is_whole_number
 
 
 def course_specs(num_hospitals: int, scale: float = 1.0) -> tuple[HospitalSpec, ...]:
@@ -124,8 +124,3 @@ def load_common_test_set(
     """
     data = make_hospitals(seed=seed, specs=specs, common_test_per_hospital=common_test_per_hospital)
     return data.test_x, data.test_y
-
-
-def _is_whole_number(value) -> bool:
-    """True for 3 and numpy.int64(3); False for 3.0, "3" and True."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
