@@ -225,20 +225,21 @@ def measure_panel(repeats: int) -> dict:
     panel = FedAvgPanel(data)
     result = {"first draw (pooled reference, FedAvg and FedSGD at the defaults)": time.perf_counter() - started}
     moves = {"new setting: L 1 -> 2 (FedAvg retrains)": ("L", 2),
-             "new setting: K 5 -> 10 (both retrain)": ("K", 10)}
+             "new setting: K 5 -> 10 (both retrain)": ("K", 10),
+             "new setting: N 10 -> 15 (both runs go on for 5 rounds)": ("N", 15)}
     for label, (name, value) in moves.items():
         slider = panel.sliders[name]
         default = slider.value
         timings = []
         for _ in range(repeats):
-            known = set(panel._cache)
+            known = dict(panel._cache)
             started = time.perf_counter()
             slider.value = value
             timings.append(time.perf_counter() - started)
-            new_keys = set(panel._cache) - known
             slider.value = default
-            for key in new_keys:  # forget the new runs, so the next repeat is new again
-                del panel._cache[key]
+            # Forget what the move computed, so the next repeat is new again.
+            panel._cache.clear()
+            panel._cache.update(known)
         result[label] = median_seconds(timings)
     slider = panel.sliders["L"]
     slider.value = 2

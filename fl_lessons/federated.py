@@ -19,6 +19,7 @@ stays inside :class:`Client`.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from dataclasses import dataclass, field, replace
@@ -276,6 +277,9 @@ class History:
     reported: list[list[int]] = field(default_factory=list)
     skipped: list[bool] = field(default_factory=list)
     final_weights: torch.Tensor | None = None
+    # The server's random generator after the last round: with w_N, all a run needs to go on
+    # (see ``resume_from`` in run_fedsgd / run_fedavg).
+    server_rng_state: dict | None = field(default=None, repr=False)
 
     @property
     def rounds(self) -> list[int]:
@@ -343,11 +347,14 @@ def _run(
     initial_weights: torch.Tensor | None,
     progress: bool,
     make_round_step: Callable[[Sequence[Client]], RoundStep] | None = None,
+    resume_from: History | None = None,
 ) -> History:
     """The server loop both algorithms share: select, collect, aggregate, evaluate, record.
 
     With ``make_round_step`` (the vectorized engine), each round's updates come from the
     round step it builds for the run's clients instead of from ``client_step`` per client.
+    With ``resume_from``, the loop picks up after that run's last round (see
+    :func:`_check_resumable`).
     """
     if config.num_clients is not None and config.num_clients > len(clients):
         raise ValueError(
@@ -356,14 +363,24 @@ def _run(
         )
     clients = list(clients[: config.num_clients or len(clients)])
     num_clients = len(clients)
-    rng = np.random.default_rng(config.seed)
     round_step = None if make_round_step is None else make_round_step(clients)
-    weights = (get_flat_weights(model) if initial_weights is None else initial_weights).clone()
     bytes_per_message = model_size_bytes(model)
-    set_flat_weights(model, weights)
-    history = History(algorithm, config, [client.num_examples for client in clients],
-                      bytes_per_message, evaluate(model, test_x, test_y))
-    for round_index in tqdm(range(1, config.num_rounds + 1), desc=algorithm, disable=not progress, leave=False):
+    if resume_from is None:
+        rng = np.random.default_rng(config.seed)
+        weights = (get_flat_weights(model) if initial_weights is None else initial_weights).clone()
+        set_flat_weights(model, weights)
+        history = History(algorithm, config, [client.num_examples for client in clients],
+                          bytes_per_message, evaluate(model, test_x, test_y))
+    else:
+        _check_resumable(resume_from, algorithm, config, clients, bytes_per_message, initial_weights)
+        rng = np.random.default_rng(config.seed)
+        rng.bit_generator.state = resume_from.server_rng_state
+        weights = resume_from.final_weights.clone()
+        history = copy.deepcopy(resume_from)  # the earlier run's History stays as it was
+        history.config = config
+    first_round = len(history.rounds) + 1
+    rounds = range(first_round, config.num_rounds + 1)
+    for round_index in tqdm(rounds, desc=algorithm, disable=not progress, leave=False):
         selected = sample_clients(num_clients, config.client_fraction, rng)
         # Every selected client draws whether it fails this round, so dropout never
         # changes which clients the next round selects.
@@ -396,7 +413,46 @@ def _run(
             history.test_loss.append(math.nan)
     set_flat_weights(model, weights)
     history.final_weights = weights
+    history.server_rng_state = copy.deepcopy(rng.bit_generator.state)
     return history
+
+
+def _check_resumable(
+    earlier: History,
+    algorithm: str,
+    config: FedConfig,
+    clients: Sequence[Client],
+    bytes_per_message: int,
+    initial_weights: torch.Tensor | None,
+) -> None:
+    """Refuse to continue a run with anything but its own settings, clients and model.
+
+    Going on from ``earlier`` (its w_N, its server generator and its seeded minibatch
+    streams) gives exactly the History of one longer run, so nothing may differ but N.
+    """
+    rounds_done = len(earlier.rounds)
+    if earlier.algorithm != algorithm:
+        raise ValueError(f"resume_from is a {earlier.algorithm} run; continue it with the same "
+                         f"algorithm, not {algorithm}.")
+    if initial_weights is not None:
+        raise ValueError("Give either initial_weights (a new run from w_0) or resume_from "
+                         "(going on from the earlier run's w_N), not both.")
+    if earlier.final_weights is None or earlier.server_rng_state is None:
+        raise ValueError("resume_from must be a History returned by run_fedsgd or run_fedavg.")
+    if replace(earlier.config, num_rounds=config.num_rounds) != config:
+        raise ValueError(
+            f"To continue a run, keep its settings and change only num_rounds (N). It ran with "
+            f"{earlier.config}; this call asks for {config}.")
+    if config.num_rounds < rounds_done:
+        raise ValueError(
+            f"resume_from already has {rounds_done} rounds; ask for num_rounds (N) >= {rounds_done} "
+            "(to look at fewer rounds, read the first N entries of its History).")
+    sizes = [client.num_examples for client in clients]
+    if sizes != earlier.client_sizes or bytes_per_message != earlier.model_bytes:
+        raise ValueError(
+            f"resume_from ran with clients of sizes {earlier.client_sizes} and a {earlier.model_bytes}-byte "
+            f"model; these clients have sizes {sizes} and the model {bytes_per_message} bytes. "
+            "Continue a run with its own clients and model.")
 
 
 def run_fedsgd(
@@ -407,6 +463,7 @@ def run_fedsgd(
     config: FedConfig = FedConfig(),
     initial_weights: torch.Tensor | None = None,
     progress: bool = True,
+    resume_from: History | None = None,
 ) -> History:
     """FedSGD: each round, selected clients send g_k at w_t; w_{t+1} = w_t - eta * average g_k.
 
@@ -418,6 +475,9 @@ def run_fedsgd(
     config : N, C, eta, seed, ... (L and B are not used: FedSGD is one full-batch gradient).
     initial_weights : w_0 (default: the model's current weights).
     progress : show a progress bar over rounds.
+    resume_from : an earlier run with these clients, this model and this config but a
+        smaller N: only the missing rounds are run, and the weights and History equal those of
+        one N-round run (an evaluation the earlier run made after its last round is kept).
     """
 
     def client_step(client: Client, weights: torch.Tensor, round_index: int, k: int) -> ClientUpdate:
@@ -434,7 +494,8 @@ def run_fedsgd(
 
     vectorized = resolve_engine(config, model, clients) == "vectorized"
     return _run("FedSGD", clients, model, test_x, test_y, config, client_step, server_step,
-                initial_weights, progress, make_round_step if vectorized else None)
+                initial_weights, progress, make_round_step if vectorized else None,
+                resume_from)
 
 
 def run_fedavg(
@@ -445,6 +506,7 @@ def run_fedavg(
     config: FedConfig = FedConfig(),
     initial_weights: torch.Tensor | None = None,
     progress: bool = True,
+    resume_from: History | None = None,
 ) -> History:
     """FedAvg: each round, selected clients train L epochs from w_t; the server averages weights.
 
@@ -456,6 +518,9 @@ def run_fedavg(
     config : N, L, B, C, eta, seed, dropout, ...
     initial_weights : w_0 (default: the model's current weights).
     progress : show a progress bar over rounds.
+    resume_from : an earlier run with these clients, this model and this config but a
+        smaller N: only the missing rounds are run, and the weights and History equal those of
+        one N-round run (an evaluation the earlier run made after its last round is kept).
     """
 
     def client_step(client: Client, weights: torch.Tensor, round_index: int, k: int) -> ClientUpdate:
@@ -479,7 +544,8 @@ def run_fedavg(
 
     vectorized = resolve_engine(config, model, clients) == "vectorized"
     return _run("FedAvg", clients, model, test_x, test_y, config, client_step, server_step,
-                initial_weights, progress, make_round_step if vectorized else None)
+                initial_weights, progress, make_round_step if vectorized else None,
+                resume_from)
 
 
 def fedsgd_trajectory(

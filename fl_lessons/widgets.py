@@ -5,8 +5,9 @@ and notebook 04 (:class:`FedAvgPanel`: FedAvg against FedSGD and the pooled mode
 
 The callbacks are thin: they call :func:`panel_experiment` or
 :func:`fl_lessons.federated.averaging_gap_curve` and draw with :mod:`fl_lessons.plots`.
-Results are cached by setting, so a setting seen before answers at once, and the N slider
-only truncates a run of ``max_rounds`` rounds (moving it never retrains).
+Results are cached by setting, so a setting seen before answers at once. A run is cached
+by everything but N: moving N left shows fewer rounds of the same run, and moving it right
+continues the run from its last round (``resume_from``), so only the new rounds train.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class PanelSettings:
 
     Parameters
     ----------
-    num_rounds : N shown (the run itself always has ``max_rounds`` rounds).
+    num_rounds : N, the rounds run and shown.
     local_epochs : L.
     num_clients : K; the panel's data is re-partitioned into K clients.
     client_fraction : C.
@@ -123,33 +124,36 @@ def panel_experiment(
     limits: PanelLimits = PanelLimits(),
     algorithm: str = "FedAvg",
     progress: bool = False,
+    resume_from: History | None = None,
 ) -> History:
-    """One run of ``limits.max_rounds`` rounds on the data re-partitioned into K clients.
+    """One run of N rounds on the data re-partitioned into K clients.
 
     Parameters
     ----------
     data : the panel's hospitals (see :func:`panel_data`).
-    settings : L, K, C, B and the partition (N is not used: the panel truncates).
-    limits : the number of rounds and the learning rates.
+    settings : N, L, K, C, B and the partition.
+    limits : the learning rates and the seed.
     algorithm : ``"FedAvg"`` or ``"FedSGD"`` (which ignores L and B).
     progress : show a progress bar.
+    resume_from : this setting's run with fewer rounds: only the rounds it lacks are trained,
+        and the result equals a fresh N-round run.
 
     Every run starts from the same seeded w_0, so FedAvg and FedSGD compare fairly.
     """
     clients_data = repartition(data, settings.num_clients, settings.partition, seed=limits.seed)
     model = make_model("cnn", seed=limits.seed)
     clients = [Client(h.train_x, h.train_y, model, h.name) for h in clients_data.hospitals]
-    config = FedConfig(num_rounds=limits.max_rounds, local_epochs=settings.local_epochs,
+    config = FedConfig(num_rounds=settings.num_rounds, local_epochs=settings.local_epochs,
                        batch_size=settings.batch_size, lr=limits.fedavg_lr,
                        client_fraction=settings.client_fraction, seed=limits.seed)
     set_seed(limits.seed)
     if algorithm == "FedAvg":
         return run_fedavg(clients, model, clients_data.test_x, clients_data.test_y, config,
-                          progress=progress)
+                          progress=progress, resume_from=resume_from)
     if algorithm == "FedSGD":
         config = replace(config, local_epochs=1, batch_size=math.inf, lr=limits.fedsgd_lr)
         return run_fedsgd(clients, model, clients_data.test_x, clients_data.test_y, config,
-                          progress=progress)
+                          progress=progress, resume_from=resume_from)
     raise ValueError(f"Unknown algorithm {algorithm!r}; choose 'FedAvg' or 'FedSGD'.")
 
 
@@ -258,17 +262,20 @@ class FedAvgPanel:
         )
 
     def results(self, settings: PanelSettings) -> tuple[History, History]:
-        """FedAvg and FedSGD for a setting, each from the cache when seen before.
+        """FedAvg and FedSGD for a setting, each at least N rounds long, from the cache when seen.
 
-        N is in neither key (the slider truncates), and FedSGD's key leaves out L and B,
-        which FedSGD does not use, so moving them retrains FedAvg only.
+        N is in neither key: a cached run shorter than N is continued to N rounds (only the
+        new rounds train), and a longer one is shown up to round N. FedSGD's key leaves out
+        L and B, which FedSGD does not use, so moving them retrains FedAvg only.
         """
         shared = (settings.num_clients, settings.client_fraction, settings.partition)
         keys = {"FedAvg": ("FedAvg", settings.local_epochs, settings.batch_size) + shared,
                 "FedSGD": ("FedSGD",) + shared}
         for algorithm, key in keys.items():
-            if key not in self._cache:
-                self._cache[key] = panel_experiment(self.data, settings, self.limits, algorithm)
+            cached = self._cache.get(key)
+            if cached is None or len(cached.rounds) < settings.num_rounds:
+                self._cache[key] = panel_experiment(self.data, settings, self.limits, algorithm,
+                                                    resume_from=cached)
         return self._cache[keys["FedAvg"]], self._cache[keys["FedSGD"]]
 
     def _on_change(self, change) -> None:

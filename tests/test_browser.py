@@ -151,8 +151,9 @@ def expected_fedavg_summaries(settings_list: list[PanelSettings]) -> list[str]:
     runs = {}
 
     def history(settings, algorithm):
-        # N only truncates a run, and FedSGD ignores L and B (see panel_experiment).
-        key = replace(settings, num_rounds=1)
+        # A run of the slider's largest N holds every shorter one as its first rounds (the
+        # panel continues runs instead of restarting them), and FedSGD ignores L and B.
+        key = replace(settings, num_rounds=widgets.PanelLimits().max_rounds)
         if algorithm == "FedSGD":
             key = replace(key, local_epochs=1, batch_size=math.inf)
         if (algorithm, key) not in runs:

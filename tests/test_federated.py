@@ -434,6 +434,76 @@ def test_dropout_does_not_change_later_selections(data):
     assert without.reported != with_dropout.reported, "dropout 0.5 dropped nobody: test has no teeth"
 
 
+
+# ---------------------------------------------------------------------------------------
+# Continuing a run (resume_from): N more rounds equal one longer run
+# ---------------------------------------------------------------------------------------
+
+RUNNERS = {"FedAvg": fl.run_fedavg, "FedSGD": fl.run_fedsgd}
+# C < 1 and dropout, so the server's generator decides who takes part: continuing must
+# pick up its state, not restart it.
+RESUME_CONFIG = fl.FedConfig(num_rounds=7, batch_size=8, lr=0.05, client_fraction=0.5,
+                             dropout_prob=0.3, seed=3, eval_every=1)
+
+
+@pytest.mark.parametrize("algorithm", RUNNERS)
+def test_resumed_run_equals_one_longer_run(data, algorithm):
+    run = RUNNERS[algorithm]
+    model, clients, test_x, test_y = double_setup(data)
+    whole = run(clients, model, test_x, test_y, RESUME_CONFIG, progress=False)
+
+    model, clients, test_x, test_y = double_setup(data)
+    first_part = run(clients, model, test_x, test_y, dataclasses.replace(RESUME_CONFIG, num_rounds=3),
+                     progress=False)
+    resumed = run(clients, model, test_x, test_y, RESUME_CONFIG, progress=False, resume_from=first_part)
+
+    assert torch.equal(resumed.final_weights, whole.final_weights)
+    assert record_of(resumed) == record_of(whole)
+    for name in ["train_loss", "test_accuracy", "test_auc", "test_loss"]:
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name))
+    assert resumed.config == whole.config
+    assert resumed.server_rng_state == whole.server_rng_state
+
+    # Teeth: starting a fresh 4-round run from w_3 restarts the server's generator (and, for
+    # FedAvg, the rounds' minibatch streams), so it is not the same as going on.
+    model, clients, test_x, test_y = double_setup(data)
+    restarted = run(clients, model, test_x, test_y, dataclasses.replace(RESUME_CONFIG, num_rounds=4),
+                    initial_weights=first_part.final_weights, progress=False)
+    assert restarted.reported != whole.reported[3:], "same clients either way: test has no teeth"
+    assert not torch.equal(restarted.final_weights, whole.final_weights)
+
+
+def test_resuming_leaves_the_earlier_history_as_it_was(data):
+    model, clients, test_x, test_y = double_setup(data)
+    earlier = fl.run_fedavg(clients, model, test_x, test_y, dataclasses.replace(RESUME_CONFIG, num_rounds=2),
+                            progress=False)
+    weights_before, state_before = earlier.final_weights.clone(), copy.deepcopy(earlier.server_rng_state)
+    later = fl.run_fedavg(clients, model, test_x, test_y, RESUME_CONFIG, progress=False, resume_from=earlier)
+    assert len(earlier.rounds) == 2 and len(later.rounds) == RESUME_CONFIG.num_rounds
+    assert earlier.config.num_rounds == 2
+    assert torch.equal(earlier.final_weights, weights_before)
+    assert earlier.server_rng_state == state_before
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(config=dataclasses.replace(RESUME_CONFIG, lr=0.1)), "change only num_rounds"),
+    (dict(config=dataclasses.replace(RESUME_CONFIG, num_rounds=2)), "already has 3 rounds"),
+    (dict(runner=fl.run_fedsgd), "is a FedAvg run"),
+    (dict(initial_weights=True), "not both"),
+    (dict(first_clients=2), "clients of sizes"),
+])
+def test_resuming_with_anything_changed_but_n_is_refused(data, change, message):
+    model, clients, test_x, test_y = double_setup(data)
+    earlier = fl.run_fedavg(clients, model, test_x, test_y, dataclasses.replace(RESUME_CONFIG, num_rounds=3),
+                            progress=False)
+    runner = change.get("runner", fl.run_fedavg)
+    config = change.get("config", RESUME_CONFIG)
+    initial_weights = earlier.final_weights if change.get("initial_weights") else None
+    later_clients = clients[: change.get("first_clients", len(clients))]
+    with pytest.raises(ValueError, match=message):
+        runner(later_clients, model, test_x, test_y, config, initial_weights=initial_weights,
+               progress=False, resume_from=earlier)
+
 # ---------------------------------------------------------------------------------------
 # 7. Privacy boundary: only parameter-shaped vectors and counts reach the server
 # ---------------------------------------------------------------------------------------

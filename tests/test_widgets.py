@@ -50,19 +50,41 @@ def test_the_panel_shows_a_figure_and_the_summary_of_its_settings(panel):
     assert len(panel.output.outputs) >= 1
 
 
-def test_moving_n_truncates_the_same_run_without_retraining(panel):
+def test_moving_n_right_continues_the_run_and_left_shows_less_of_it(panel, monkeypatch):
     panel.sliders["N"].value = 2
     lines_before = plotted_lines(panel.figure)
-    cached_runs = len(panel._cache)
+    keys_before = set(panel._cache)
+    runs = []  # (algorithm, N asked for, rounds the run was continued from)
+
+    def record(run):
+        def recorded(*args, resume_from=None, **kwargs):
+            runs.append((run.__name__, args[4].num_rounds, None if resume_from is None else len(resume_from.rounds)))
+            return run(*args, resume_from=resume_from, **kwargs)
+        return recorded
+
+    monkeypatch.setattr(widgets, "run_fedavg", record(widgets.run_fedavg))
+    monkeypatch.setattr(widgets, "run_fedsgd", record(widgets.run_fedsgd))
     panel.sliders["N"].value = 4
     lines_after = plotted_lines(panel.figure)
-    assert len(panel._cache) == cached_runs, "moving N must not start a new run"
-    assert lines_after != lines_before
+    assert set(panel._cache) == keys_before, "moving N must not make a new setting"
+    assert sorted(runs) == [("run_fedavg", 4, 2), ("run_fedsgd", 4, 2)], "only rounds 3 and 4 may train"
     assert all(max(x) == 4 for x, _ in lines_after)
     assert "N= 4" in panel.summary
     # The first three points are the same run, only more of it is shown.
     for (x_before, y_before), (x_after, y_after) in zip(lines_before, lines_after):
         assert y_after[: len(y_before)] == y_before
+    # ... and the continued run is the run a fresh start at N = 4 would have made.
+    fedavg, fedsgd = panel.results(panel.settings)
+    assert fedavg.test_accuracy == widgets.panel_experiment(panel.data, panel.settings, SMALL_LIMITS, "FedAvg").test_accuracy
+    assert fedsgd.test_accuracy == widgets.panel_experiment(panel.data, panel.settings, SMALL_LIMITS, "FedSGD").test_accuracy
+
+    runs.clear()
+    panel.sliders["N"].value = 3
+    assert runs == [], "moving N left must not train"
+    assert panel.results(panel.settings)[0] is fedavg
+    assert all(max(x) == 3 for x, _ in plotted_lines(panel.figure))
+    assert "N= 3" in panel.summary
+    panel.sliders["N"].value = 2
 
 
 @pytest.mark.parametrize("name, value", [("L", 2), ("K", 4), ("C", 0.5), ("B", math.inf), ("partition", "label skew")])
@@ -73,7 +95,7 @@ def test_each_slider_redraws_with_the_numbers_of_the_new_setting(panel, name, va
     fedavg, fedsgd = panel.results(settings)
     # What the panel shows is exactly the package's computation for that setting.
     expected_fedavg = widgets.panel_experiment(panel.data, settings, SMALL_LIMITS, "FedAvg")
-    assert fedavg.test_accuracy == expected_fedavg.test_accuracy
+    assert fedavg.test_accuracy[: settings.num_rounds] == expected_fedavg.test_accuracy
     assert panel.summary == widgets.summarize(fedavg, fedsgd, settings.num_rounds)
     curve_shown = plotted_lines(panel.figure)[0][1]
     assert list(curve_shown) == fedavg.accuracy_curve()[1][: settings.num_rounds + 1]
