@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 import numbers
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -363,8 +363,10 @@ def _run(
         )
     clients = list(clients[: config.num_clients or len(clients)])
     num_clients = len(clients)
-    round_step = None if make_round_step is None else make_round_step(clients)
     bytes_per_message = model_size_bytes(model)
+    if resume_from is not None:
+        _check_resumable(resume_from, algorithm, config, clients, bytes_per_message, initial_weights)
+    round_step = None if make_round_step is None else make_round_step(clients)
     if resume_from is None:
         rng = np.random.default_rng(config.seed)
         weights = (get_flat_weights(model) if initial_weights is None else initial_weights).clone()
@@ -372,12 +374,17 @@ def _run(
         history = History(algorithm, config, [client.num_examples for client in clients],
                           bytes_per_message, evaluate(model, test_x, test_y))
     else:
-        _check_resumable(resume_from, algorithm, config, clients, bytes_per_message, initial_weights)
         rng = np.random.default_rng(config.seed)
         rng.bit_generator.state = resume_from.server_rng_state
         weights = resume_from.final_weights.clone()
         history = copy.deepcopy(resume_from)  # the earlier run's History stays as it was
         history.config = config
+        rounds_done = len(history.rounds)
+        if config.num_rounds > rounds_done and rounds_done % config.eval_every != 0:
+            # The earlier run evaluated its last round only because it was the last; one
+            # longer run would not have, so neither does the continued one.
+            for metric in (history.test_accuracy, history.test_auc, history.test_loss):
+                metric[-1] = math.nan
     first_round = len(history.rounds) + 1
     rounds = range(first_round, config.num_rounds + 1)
     for round_index in tqdm(rounds, desc=algorithm, disable=not progress, leave=False):
@@ -413,7 +420,7 @@ def _run(
             history.test_loss.append(math.nan)
     set_flat_weights(model, weights)
     history.final_weights = weights
-    history.server_rng_state = copy.deepcopy(rng.bit_generator.state)
+    history.server_rng_state = rng.bit_generator.state  # a fresh dict on every read
     return history
 
 
@@ -429,6 +436,13 @@ def _check_resumable(
 
     Going on from ``earlier`` (its w_N, its server generator and its seeded minibatch
     streams) gives exactly the History of one longer run, so nothing may differ but N.
+
+    Parameters
+    ----------
+    earlier : the History to continue.
+    algorithm, config, clients : what this call asks for.
+    bytes_per_message : the size of this call's model, in bytes.
+    initial_weights : must be None: a continued run starts from ``earlier``'s w_N.
     """
     rounds_done = len(earlier.rounds)
     if earlier.algorithm != algorithm:
@@ -439,20 +453,31 @@ def _check_resumable(
                          "(going on from the earlier run's w_N), not both.")
     if earlier.final_weights is None or earlier.server_rng_state is None:
         raise ValueError("resume_from must be a History returned by run_fedsgd or run_fedavg.")
-    if replace(earlier.config, num_rounds=config.num_rounds) != config:
+    changed = [
+        f"{setting.name} {getattr(earlier.config, setting.name)!r} -> {getattr(config, setting.name)!r}"
+        for setting in fields(FedConfig)
+        if setting.name != "num_rounds" and getattr(earlier.config, setting.name) != getattr(config, setting.name)
+    ]
+    if changed:
         raise ValueError(
-            f"To continue a run, keep its settings and change only num_rounds (N). It ran with "
-            f"{earlier.config}; this call asks for {config}.")
+            "To continue a run, keep its settings and change only num_rounds (N); this call changes "
+            + ", ".join(changed) + ". Change them back, or start a new run with initial_weights.")
     if config.num_rounds < rounds_done:
         raise ValueError(
             f"resume_from already has {rounds_done} rounds; ask for num_rounds (N) >= {rounds_done} "
             "(to look at fewer rounds, read the first N entries of its History).")
+    # The clients are recognised by their n_k: the server never sees more of them.
     sizes = [client.num_examples for client in clients]
-    if sizes != earlier.client_sizes or bytes_per_message != earlier.model_bytes:
-        raise ValueError(
-            f"resume_from ran with clients of sizes {earlier.client_sizes} and a {earlier.model_bytes}-byte "
-            f"model; these clients have sizes {sizes} and the model {bytes_per_message} bytes. "
-            "Continue a run with its own clients and model.")
+    if len(sizes) != len(earlier.client_sizes):
+        raise ValueError(f"resume_from ran with {len(earlier.client_sizes)} clients, this call has "
+                         f"{len(sizes)}. Continue a run with its own clients.")
+    if sizes != earlier.client_sizes:
+        k = next(k for k, (before, now) in enumerate(zip(earlier.client_sizes, sizes)) if before != now)
+        raise ValueError(f"resume_from's client {k} had n_k = {earlier.client_sizes[k]}, this call's has "
+                         f"n_k = {sizes[k]}. Continue a run with its own clients, in the same order.")
+    if bytes_per_message != earlier.model_bytes:
+        raise ValueError(f"resume_from ran with a {earlier.model_bytes}-byte model, this call's model has "
+                         f"{bytes_per_message} bytes. Continue a run with the same model.")
 
 
 def run_fedsgd(
@@ -475,9 +500,9 @@ def run_fedsgd(
     config : N, C, eta, seed, ... (L and B are not used: FedSGD is one full-batch gradient).
     initial_weights : w_0 (default: the model's current weights).
     progress : show a progress bar over rounds.
-    resume_from : an earlier run with these clients, this model and this config but a
-        smaller N: only the missing rounds are run, and the weights and History equal those of
-        one N-round run (an evaluation the earlier run made after its last round is kept).
+    resume_from : an earlier run with these clients, this model and this config, but with
+        at most N rounds: only the missing rounds are run, and the weights and History equal
+        those of one N-round run.
     """
 
     def client_step(client: Client, weights: torch.Tensor, round_index: int, k: int) -> ClientUpdate:
@@ -518,9 +543,9 @@ def run_fedavg(
     config : N, L, B, C, eta, seed, dropout, ...
     initial_weights : w_0 (default: the model's current weights).
     progress : show a progress bar over rounds.
-    resume_from : an earlier run with these clients, this model and this config but a
-        smaller N: only the missing rounds are run, and the weights and History equal those of
-        one N-round run (an evaluation the earlier run made after its last round is kept).
+    resume_from : an earlier run with these clients, this model and this config, but with
+        at most N rounds: only the missing rounds are run, and the weights and History equal
+        those of one N-round run.
     """
 
     def client_step(client: Client, weights: torch.Tensor, round_index: int, k: int) -> ClientUpdate:

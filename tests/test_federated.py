@@ -434,9 +434,8 @@ def test_dropout_does_not_change_later_selections(data):
     assert without.reported != with_dropout.reported, "dropout 0.5 dropped nobody: test has no teeth"
 
 
-
 # ---------------------------------------------------------------------------------------
-# Continuing a run (resume_from): N more rounds equal one longer run
+# 6b. Continuing a run (resume_from): more rounds equal one longer run
 # ---------------------------------------------------------------------------------------
 
 RUNNERS = {"FedAvg": fl.run_fedavg, "FedSGD": fl.run_fedsgd}
@@ -446,31 +445,57 @@ RESUME_CONFIG = fl.FedConfig(num_rounds=7, batch_size=8, lr=0.05, client_fractio
                              dropout_prob=0.3, seed=3, eval_every=1)
 
 
-@pytest.mark.parametrize("algorithm", RUNNERS)
-def test_resumed_run_equals_one_longer_run(data, algorithm):
-    run = RUNNERS[algorithm]
+def whole_and_resumed(data, run, config, first_rounds):
+    """One run of config.num_rounds rounds, and the same run made of two parts."""
     model, clients, test_x, test_y = double_setup(data)
-    whole = run(clients, model, test_x, test_y, RESUME_CONFIG, progress=False)
-
+    whole = run(clients, model, test_x, test_y, config, progress=False)
     model, clients, test_x, test_y = double_setup(data)
-    first_part = run(clients, model, test_x, test_y, dataclasses.replace(RESUME_CONFIG, num_rounds=3),
+    first_part = run(clients, model, test_x, test_y, dataclasses.replace(config, num_rounds=first_rounds),
                      progress=False)
-    resumed = run(clients, model, test_x, test_y, RESUME_CONFIG, progress=False, resume_from=first_part)
+    resumed = run(clients, model, test_x, test_y, config, progress=False, resume_from=first_part)
+    return whole, first_part, resumed
 
+
+def assert_same_run(resumed, whole):
     assert torch.equal(resumed.final_weights, whole.final_weights)
     assert record_of(resumed) == record_of(whole)
     for name in ["train_loss", "test_accuracy", "test_auc", "test_loss"]:
-        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name))
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(whole, name))  # NaN == NaN here
     assert resumed.config == whole.config
     assert resumed.server_rng_state == whole.server_rng_state
+
+
+@pytest.mark.parametrize("engine", ["loop", "vectorized"])
+@pytest.mark.parametrize("algorithm", RUNNERS)
+def test_resumed_run_equals_one_longer_run(data, algorithm, engine):
+    run = RUNNERS[algorithm]
+    config = dataclasses.replace(RESUME_CONFIG, engine=engine)
+    whole, first_part, resumed = whole_and_resumed(data, run, config, first_rounds=3)
+    assert_same_run(resumed, whole)
 
     # Teeth: starting a fresh 4-round run from w_3 restarts the server's generator (and, for
     # FedAvg, the rounds' minibatch streams), so it is not the same as going on.
     model, clients, test_x, test_y = double_setup(data)
-    restarted = run(clients, model, test_x, test_y, dataclasses.replace(RESUME_CONFIG, num_rounds=4),
+    restarted = run(clients, model, test_x, test_y, dataclasses.replace(config, num_rounds=4),
                     initial_weights=first_part.final_weights, progress=False)
     assert restarted.reported != whole.reported[3:], "same clients either way: test has no teeth"
     assert not torch.equal(restarted.final_weights, whole.final_weights)
+
+
+def test_resuming_between_evaluations_keeps_the_longer_runs_schedule(data):
+    config = dataclasses.replace(RESUME_CONFIG, num_rounds=6, eval_every=2)
+    whole, first_part, resumed = whole_and_resumed(data, fl.run_fedavg, config, first_rounds=3)
+    # The 3-round run evaluated its last round; the 6-round run evaluates rounds 2, 4 and 6 only.
+    assert not math.isnan(first_part.test_accuracy[2])
+    assert math.isnan(whole.test_accuracy[2])
+    assert_same_run(resumed, whole)
+
+
+def test_resuming_to_the_same_n_changes_nothing(data):
+    model, clients, test_x, test_y = double_setup(data)
+    earlier = fl.run_fedavg(clients, model, test_x, test_y, RESUME_CONFIG, progress=False)
+    again = fl.run_fedavg(clients, model, test_x, test_y, RESUME_CONFIG, progress=False, resume_from=earlier)
+    assert_same_run(again, earlier)
 
 
 def test_resuming_leaves_the_earlier_history_as_it_was(data):
@@ -486,20 +511,26 @@ def test_resuming_leaves_the_earlier_history_as_it_was(data):
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(config=dataclasses.replace(RESUME_CONFIG, lr=0.1)), "change only num_rounds"),
+    (dict(config=dataclasses.replace(RESUME_CONFIG, lr=0.1)), "changes lr 0.05 -> 0.1"),
     (dict(config=dataclasses.replace(RESUME_CONFIG, num_rounds=2)), "already has 3 rounds"),
     (dict(runner=fl.run_fedsgd), "is a FedAvg run"),
     (dict(initial_weights=True), "not both"),
-    (dict(first_clients=2), "clients of sizes"),
+    (dict(first_clients=2), "ran with 3 clients"),
+    (dict(reversed_clients=True), "client 0 had n_k = 40"),
+    (dict(not_from_a_run=True), "returned by run_fedsgd or run_fedavg"),
 ])
 def test_resuming_with_anything_changed_but_n_is_refused(data, change, message):
     model, clients, test_x, test_y = double_setup(data)
     earlier = fl.run_fedavg(clients, model, test_x, test_y, dataclasses.replace(RESUME_CONFIG, num_rounds=3),
                             progress=False)
+    if change.get("not_from_a_run"):
+        earlier.server_rng_state = None
     runner = change.get("runner", fl.run_fedavg)
     config = change.get("config", RESUME_CONFIG)
     initial_weights = earlier.final_weights if change.get("initial_weights") else None
     later_clients = clients[: change.get("first_clients", len(clients))]
+    if change.get("reversed_clients"):
+        later_clients = later_clients[::-1]
     with pytest.raises(ValueError, match=message):
         runner(later_clients, model, test_x, test_y, config, initial_weights=initial_weights,
                progress=False, resume_from=earlier)

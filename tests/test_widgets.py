@@ -52,13 +52,16 @@ def test_the_panel_shows_a_figure_and_the_summary_of_its_settings(panel):
 
 def test_moving_n_right_continues_the_run_and_left_shows_less_of_it(panel, monkeypatch):
     panel.sliders["N"].value = 2
+    panel._cache.clear()  # whatever earlier tests left, the runs now have exactly 2 rounds
+    panel.update()
     lines_before = plotted_lines(panel.figure)
     keys_before = set(panel._cache)
     runs = []  # (algorithm, N asked for, rounds the run was continued from)
 
     def record(run):
         def recorded(*args, resume_from=None, **kwargs):
-            runs.append((run.__name__, args[4].num_rounds, None if resume_from is None else len(resume_from.rounds)))
+            rounds_done = None if resume_from is None else len(resume_from.rounds)
+            runs.append((run.__name__, args[4].num_rounds, rounds_done))  # args[4] is the FedConfig
             return run(*args, resume_from=resume_from, **kwargs)
         return recorded
 
@@ -75,8 +78,10 @@ def test_moving_n_right_continues_the_run_and_left_shows_less_of_it(panel, monke
         assert y_after[: len(y_before)] == y_before
     # ... and the continued run is the run a fresh start at N = 4 would have made.
     fedavg, fedsgd = panel.results(panel.settings)
-    assert fedavg.test_accuracy == widgets.panel_experiment(panel.data, panel.settings, SMALL_LIMITS, "FedAvg").test_accuracy
-    assert fedsgd.test_accuracy == widgets.panel_experiment(panel.data, panel.settings, SMALL_LIMITS, "FedSGD").test_accuracy
+    for continued, algorithm in [(fedavg, "FedAvg"), (fedsgd, "FedSGD")]:
+        fresh = widgets.panel_experiment(panel.data, panel.settings, SMALL_LIMITS, algorithm)
+        assert continued.test_accuracy == fresh.test_accuracy
+        assert torch.equal(continued.final_weights, fresh.final_weights)
 
     runs.clear()
     panel.sliders["N"].value = 3
